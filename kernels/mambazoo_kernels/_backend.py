@@ -1,0 +1,28 @@
+"""Backend choice shared by every op.
+
+``backend=None`` (the default) reads the environment variable ``MAMBAZOO_KERNEL_BACKEND``
+(``auto``, ``reference`` or ``triton``; unset means ``auto``). ``auto`` runs the Triton kernel
+for CUDA tensors when the op has one, and the PyTorch reference everywhere else.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+BACKEND_ENV = "MAMBAZOO_KERNEL_BACKEND"
+BACKENDS = ("auto", "reference", "triton")
+
+
+def select_backend(op: str, requested: Optional[str], device: torch.device, has_triton: bool) -> str:
+    """Return ``"reference"`` or ``"triton"`` for ``op`` on ``device``."""
+    choice = requested if requested is not None else os.environ.get(BACKEND_ENV, "auto")
+    if choice not in BACKENDS:
+        source = "backend" if requested is not None else BACKEND_ENV
+        raise ValueError(f"{source} must be one of {BACKENDS}, got {choice!r}")
+    if choice == "auto":
+        return "triton" if has_triton and device.type == "cuda" else "reference"
+    if choice == "triton" and not has_triton:
+        raise NotImplementedError(f"{op} has no Triton kernel yet; use backend='reference'")
+    return choice

@@ -1,0 +1,3 @@
+from .op import causal_conv1d
+
+__all__ = ["causal_conv1d"]

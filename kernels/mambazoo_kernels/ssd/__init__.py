@@ -1,0 +1,3 @@
+from .op import ssd
+
+__all__ = ["ssd"]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 # Elements of one (batch, dim, chunk, d_state) work tensor; bounds memory, keeps Python loops short.
-_CHUNK_ELEMENTS = 1 << 22
+_CHUNK_ELEMENTS = 1 << 20
 
 
 def linear_scan(decay: torch.Tensor, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

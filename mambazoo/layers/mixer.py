@@ -123,10 +123,11 @@ class MambaMixer(nn.Module):
         ))
         setattr(self, names.x_proj, nn.Linear(d_inner, self.dt_rank + 2 * self.d_state, bias=False, **dd))
         setattr(self, names.dt_proj, nn.Linear(self.dt_rank, d_inner, bias=True, **dd))
-        # A_log and D stay fp32 whatever the module dtype: the scan's decay exp(delta * A) is
-        # sensitive to their rounding.
-        setattr(self, names.A_log, nn.Parameter(torch.empty(d_inner, self.d_state, device=device, dtype=torch.float32)))
-        setattr(self, names.D, nn.Parameter(torch.empty(d_inner, device=device, dtype=torch.float32)))
+        # A_log and D are at least fp32 whatever the module dtype (fp64 stays fp64): the scan's
+        # decay exp(delta * A) is sensitive to their rounding.
+        ssm_dtype = torch.float32 if dtype is None else torch.promote_types(dtype, torch.float32)
+        setattr(self, names.A_log, nn.Parameter(torch.empty(d_inner, self.d_state, device=device, dtype=ssm_dtype)))
+        setattr(self, names.D, nn.Parameter(torch.empty(d_inner, device=device, dtype=ssm_dtype)))
         for name in _no_weight_decay_names(names):
             self.get_parameter(name)._no_weight_decay = True
 

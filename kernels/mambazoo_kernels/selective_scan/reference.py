@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-# Elements of one (batch, dim, chunk, d_state) work tensor; bounds memory, keeps Python loops short.
-_CHUNK_ELEMENTS = 1 << 20
+# Elements of one sample's (dim, chunk, d_state) work tensor: bounds memory, keeps Python loops
+# short. Independent of the batch size so that torch.export can keep the batch dynamic.
+_CHUNK_ELEMENTS_PER_SAMPLE = 1 << 17
 
 
 def linear_scan(decay: torch.Tensor, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +97,7 @@ def scan_states(
     A = A.to(compute)
     h = u.new_zeros(batch, dim, d_state) if initial_state is None else initial_state.to(compute)
     if chunk_size is None:
-        fitting = max(1, _CHUNK_ELEMENTS // (batch * dim * d_state))
+        fitting = max(1, _CHUNK_ELEMENTS_PER_SAMPLE // (dim * d_state))
         chunk_size = min(256, max(16, 1 << (fitting.bit_length() - 1)))  # a power of two
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, h)

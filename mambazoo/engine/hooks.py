@@ -1,0 +1,195 @@
+"""mmengine hooks: training curves as PNG/JSON, and a tqdm progress bar."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os.path as osp
+from typing import Any
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+__all__ = ["ProgressBarHook", "TrainingCurvesHook"]
+
+
+@HOOKS.register_module()
+class TrainingCurvesHook(Hook):
+    """Record training loss, lr and evaluation metrics; plot them to ``work_dir``.
+
+    Writes ``<work_dir>/<filename>.png`` (loss with a moving average, lr, and
+    every float metric per epoch, test metrics as dashed lines) and the raw
+    numbers as ``<filename>.json``, at the end of training and again after
+    the test loop; the JSON also after every epoch, so a resumed run draws the
+    whole curve.
+
+    Args:
+        filename: output stem inside ``work_dir``.
+        smooth: window (iterations) of the loss moving average.
+    """
+
+    priority = "LOW"
+
+    def __init__(self, filename: str = "curves", smooth: int = 20) -> None:
+        self.filename = filename
+        self.smooth = smooth
+        self.history: dict[str, Any] = {"train": [], "val": [], "test": {}}
+
+    def before_train(self, runner) -> None:
+        # A resumed run (runner.iter > 0) continues the curves of the file it left in the work
+        # dir, cut back to the resumed point; the file, not the checkpoint, carries them because
+        # mmengine saves the epoch's checkpoint before validating that epoch.
+        self.history = {"train": [], "val": [], "test": {}}
+        saved = osp.join(runner.work_dir, self.filename + ".json")
+        if runner.iter > 0 and osp.isfile(saved):
+            with open(saved) as f:
+                previous = json.load(f)
+            self.history["train"] = [p for p in previous["train"] if p["iter"] <= runner.iter]
+            self.history["val"] = [p for p in previous["val"] if p["epoch"] <= runner.epoch]
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if not outputs or "loss" not in outputs:
+            return
+        lr = runner.optim_wrapper.get_lr()["lr"]
+        self.history["train"].append(
+            {"iter": runner.iter + 1, "epoch": runner.epoch, "loss": _scalar(outputs["loss"]), "lr": max(lr)}
+        )
+
+    def after_train_epoch(self, runner) -> None:
+        self.save_json(runner.work_dir)
+
+    def after_val_epoch(self, runner, metrics: dict | None = None) -> None:
+        scalars = _float_items(metrics)
+        if scalars and self.history["train"]:  # validation during training only
+            self.history["val"].append({"epoch": runner.epoch, "iter": runner.iter, **scalars})
+            self.save_json(runner.work_dir)
+
+    def after_test_epoch(self, runner, metrics: dict | None = None) -> None:
+        self.history["test"] = _float_items(metrics)
+        self.save(runner.work_dir)
+
+    def after_train(self, runner) -> None:
+        self.save(runner.work_dir)
+
+    def save_json(self, work_dir: str) -> None:
+        with open(osp.join(work_dir, self.filename + ".json"), "w") as f:
+            json.dump(self.history, f)
+
+    def save(self, work_dir: str) -> str:
+        """Write the JSON and the PNG into ``work_dir``; return the PNG path."""
+        self.save_json(work_dir)
+        png = osp.join(work_dir, self.filename + ".png")
+        self.plot(png)
+        return png
+
+    def plot(self, path: str) -> None:
+        # Figure + savefig renders with Agg without touching pyplot's global backend
+        from matplotlib.figure import Figure
+
+        train, val, test = self.history["train"], self.history["val"], self.history["test"]
+        metric_names = sorted({k for p in val for k in p if k not in ("epoch", "iter")} | set(test))
+        fig = Figure(figsize=(12, 3.6), layout="constrained")
+        ax_loss, ax_lr, ax_metric = fig.subplots(1, 3)
+
+        iters = [p["iter"] for p in train]
+        losses = [p["loss"] for p in train]
+        ax_loss.plot(iters, losses, color="0.75", linewidth=0.8, label="loss")
+        if len(losses) >= self.smooth > 1:
+            window = self.smooth
+            running = [sum(losses[i - window + 1 : i + 1]) / window for i in range(window - 1, len(losses))]
+            ax_loss.plot(iters[window - 1 :], running, color="C0", label=f"mean of {window}")
+        ax_loss.set(title="training loss", xlabel="iteration")
+        ax_loss.legend()
+
+        ax_lr.plot(iters, [p["lr"] for p in train], color="C1")
+        ax_lr.set(title="learning rate (max over groups)", xlabel="iteration")
+
+        for i, name in enumerate(metric_names):
+            points = [(p["epoch"], p[name]) for p in val if name in p]
+            if points:
+                ax_metric.plot(*zip(*points), marker="o", color=f"C{i}", label=f"val {name}")
+            if name in test:
+                ax_metric.axhline(test[name], color=f"C{i}", linestyle="--", label=f"test {name} {test[name]:.4f}")
+        ax_metric.set(title="evaluation", xlabel="epoch")
+        if metric_names:
+            ax_metric.legend()
+        fig.savefig(path, dpi=100)
+
+
+@HOOKS.register_module()
+class ProgressBarHook(Hook):
+    """A tqdm bar per train epoch, validation and test run, on stderr.
+
+    Silent when stderr is not a terminal (tqdm's ``disable=None``), so logs of
+    batch jobs stay clean; while a bar is shown, the runner's console log lines
+    go through ``tqdm.write`` so they do not break the bar.
+    """
+
+    priority = "VERY_LOW"
+
+    def __init__(self) -> None:
+        self._bar = None
+        self._redirect = None
+
+    def _open(self, runner, total: int, desc: str) -> None:
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self._close()
+        self._bar = tqdm(total=total, desc=desc, disable=None, leave=False, dynamic_ncols=True)
+        if not self._bar.disable:
+            self._redirect = contextlib.ExitStack()
+            self._redirect.enter_context(logging_redirect_tqdm(loggers=[runner.logger]))
+
+    def _step(self, **postfix: Any) -> None:
+        if self._bar is not None:
+            if postfix:
+                self._bar.set_postfix(postfix, refresh=False)
+            self._bar.update(1)
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._redirect is not None:
+            self._redirect.close()
+            self._redirect = None
+
+    def before_train_epoch(self, runner) -> None:
+        self._open(runner, len(runner.train_dataloader), f"epoch {runner.epoch + 1}/{runner.max_epochs}")
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        loss = (outputs or {}).get("loss")
+        self._step(**({} if loss is None else {"loss": f"{_scalar(loss):.3f}"}))
+
+    def after_train_epoch(self, runner) -> None:
+        self._close()
+
+    def before_val_epoch(self, runner) -> None:
+        self._open(runner, len(runner.val_dataloader), "val")
+
+    def after_val_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        self._step()
+
+    def after_val_epoch(self, runner, metrics: dict | None = None) -> None:
+        self._close()
+
+    def before_test_epoch(self, runner) -> None:
+        self._open(runner, len(runner.test_dataloader), "test")
+
+    def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        self._step()
+
+    def after_test_epoch(self, runner, metrics: dict | None = None) -> None:
+        self._close()
+
+    def after_run(self, runner) -> None:
+        self._close()
+
+
+def _scalar(value) -> float:
+    return value.detach().item() if isinstance(value, torch.Tensor) else float(value)
+
+
+def _float_items(metrics: dict | None) -> dict[str, float]:
+    return {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}

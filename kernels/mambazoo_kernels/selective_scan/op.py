@@ -1,11 +1,12 @@
 """Public selective-scan ops: validate the arguments, then run the chosen backend."""
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import torch
 
-from .._backend import select_backend
+from .._backend import BACKEND_ENV, select_backend
 from .._validation import check_d_state, check_optional, check_tensor
 from .reference import bidirectional_selective_scan_reference, selective_scan_reference
 
@@ -47,6 +48,25 @@ def _check_scan_args(prefix, u, delta, A, B, C, D, z, delta_bias, initial_state)
     check_optional("initial_state", initial_state, (*prefix, batch, dim, d_state), f"{lead}batch, dim, d_state)", device)
 
 
+def _triton_or_none(op: str, backend: Optional[str], u, delta, A, B, C, z):
+    """The Triton module when the chosen backend is Triton and the kernels take these arguments.
+
+    Imported here, on first use, so that ``import mambazoo_kernels`` never imports Triton. Auto
+    selection falls back to the reference for arguments the kernels do not cover (e.g. float64);
+    an explicit ``backend="triton"`` raises instead.
+    """
+    if select_backend(op, backend, u.device, has_triton=True) != "triton":
+        return None
+    from . import triton_op
+
+    reason = triton_op.unsupported_reason(u, delta, A, B, C, z)
+    if reason is None:
+        return triton_op
+    if (backend if backend is not None else os.environ.get(BACKEND_ENV, "auto")) == "triton":
+        raise NotImplementedError(f"{op}: {reason}; use backend='reference'")
+    return None
+
+
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -79,7 +99,11 @@ def selective_scan(
         state after the last token, ``(batch, dim, d_state)``.
     """
     _check_scan_args((), u, delta, A, B, C, D, z, delta_bias, initial_state)
-    select_backend("selective_scan", backend, u.device, has_triton=False)
+    triton_op = _triton_or_none("selective_scan", backend, u, delta, A, B, C, z)
+    if triton_op is not None:
+        return triton_op.selective_scan_triton(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state
+        )
     return selective_scan_reference(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state
     )
@@ -119,7 +143,11 @@ def bidirectional_selective_scan(
         fp32 states (forward after the last token, reversed after the first).
     """
     _check_scan_args((2,), u, delta, A, B, C, D, z, delta_bias, initial_state)
-    select_backend("bidirectional_selective_scan", backend, u.device, has_triton=False)
+    triton_op = _triton_or_none("bidirectional_selective_scan", backend, u, delta, A, B, C, z)
+    if triton_op is not None:
+        return triton_op.bidirectional_selective_scan_triton(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state, average
+        )
     return bidirectional_selective_scan_reference(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state, average
     )

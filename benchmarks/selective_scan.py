@@ -1,0 +1,494 @@
+"""Real-shape check and timing of the Triton selective scan (one GPU).
+
+Run from the repository root::
+
+    PYTHONUNBUFFERED=1 PYTHONPATH=kernels python benchmarks/selective_scan.py --out DIR
+
+Phases (``--phases``, comma separated, default all):
+
+* ``warmup``: compile every kernel variant the other phases use, in parallel processes that
+  share Triton's on-disk cache. Compiling is slow (H200 host, triton 3.6, 2026-11-28: 41-44 s
+  per forward, 78-243 s per backward, ~4.6 min for 19 variants on 15 processes), so a run that
+  also checks and times needs either few tilings (default: the automatic one only) or a second
+  call on the still-warm machine.
+* ``check``: bf16 inputs, Triton vs the PyTorch reference in fp32 on the same (rounded) inputs,
+  relative L2 error of the output, final state and every gradient, at the FACTS.md shapes;
+  the fused bidirectional op at Vim-S 224 and DNA 131k.
+* ``time``: ``triton.testing.do_bench`` medians of forward and forward+backward for each tiling
+  config, the fused bidirectional op vs two single-direction calls with flips, each against the
+  exp-unit and memory floors of FACTS.md section 1 and mamba_ssm's times.
+* ``big``: a forward over more than 2^31 elements, a slice at the far end checked against the
+  reference (64-bit offsets).
+
+Writes ``selective_scan_<date>.json`` and ``selective_scan_<date>.png`` into ``--out``.
+``--dry-run`` runs the same code on the CPU under ``TRITON_INTERPRET=1`` at tiny shapes.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import datetime
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+
+DRY = "--dry-run" in sys.argv
+if DRY:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+
+from mambazoo_kernels import bidirectional_selective_scan, selective_scan  # noqa: E402
+from mambazoo_kernels.selective_scan import triton_op  # noqa: E402
+
+# name, (batch, dim, length, d_state); mamba_ssm 2.3.2 CUDA fwd / fwd+bwd ms, FACTS.md section 1.
+SHAPES = {
+    "vim_s_224": ((128, 768, 197, 16), 0.894, 3.31),
+    "vim_s_448": ((32, 768, 785, 16), 0.823, 2.87),
+    "vim_s_1024": ((8, 768, 4097, 16), 1.188, 5.00),
+    "byte_lm_8k": ((4, 2048, 8192, 16), 1.481, 6.27),
+    "dna_131k": ((1, 512, 131072, 16), 1.642, 9.14),
+}
+DRY_SHAPES = {
+    "vim_s_224": ((2, 64, 37, 4), 0.894, 3.31),
+    "dna_131k": ((1, 32, 300, 4), 1.642, 9.14),
+}
+EXP_PER_S = 4.2e12  # H200 exp unit (FACTS.md)
+BYTES_PER_S = 4.22e12  # device-to-device copy, read + write
+ISSUE_TARGETS = {"fwd": {"vim_s_224": 4.0, "default": 2.0}, "fwdbwd": {"vim_s_224": 2.5, "default": 2.0},
+                 "bidir": 1.8}
+
+# Tilings tried by the time phase: (chunk, fwd_vec, fwd_warps, bwd_vec, bwd_warps); "auto" is
+# triton_op.default_config (per length).
+CONFIGS = {
+    "c64": (64, 8, 4, 8, 4),
+    "c32": (32, 8, 4, 4, 4),
+    "c16": (16, 8, 4, 4, 4),
+    "c64w": (64, 16, 4, 8, 8),
+}
+
+
+def device():
+    return torch.device("cpu" if DRY else "cuda")
+
+
+def sync():
+    if not DRY:
+        torch.cuda.synchronize()
+
+
+def set_config(spec, segments=None):
+    triton_op.CONFIG = None if spec is None else triton_op.ScanConfig(*spec, segments=segments)
+
+
+def make_args(batch, dim, length, d_state, ndir=None, seed=0, grad=False, dtype=torch.bfloat16):
+    """Mamba-like inputs: S4D-real A, dt = softplus(delta + bias) spread over [1e-3, 1e-1]."""
+    g = torch.Generator(device=device()).manual_seed(seed)
+    lead = () if ndir is None else (ndir,)
+    dev = device()
+
+    def randn(*shape, dt=dtype):
+        return torch.randn(*shape, generator=g, device=dev, dtype=torch.float32).to(dt)
+
+    dt0 = torch.exp(torch.rand(*lead, dim, generator=g, device=dev) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    args = dict(
+        u=randn(*lead, batch, dim, length),
+        delta=randn(*lead, batch, dim, length) * 0.5,
+        A=-torch.arange(1, d_state + 1, device=dev, dtype=torch.float32).repeat(*lead, dim, 1),
+        B=randn(*lead, batch, d_state, length),
+        C=randn(*lead, batch, d_state, length),
+        D=torch.ones(*lead, dim, device=dev),
+        z=randn(batch, dim, length),
+        delta_bias=torch.log(torch.expm1(dt0)),
+        delta_softplus=True,
+    )
+    if grad:
+        for k, v in args.items():
+            if isinstance(v, torch.Tensor):
+                v.requires_grad_()
+    return args
+
+
+def leaves(args):
+    return [v for v in args.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+
+
+def rel(x, ref):
+    x, ref = x.double(), ref.double()
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def upcast(args):
+    return {k: (v.detach().float().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v)
+            for k, v in args.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# warmup
+
+
+def _warm(spec, bidir, kind):
+    """Compile one kernel (``kind`` as in ``triton_op.COMPILE_ONLY``) of one tiling, in its own process."""
+    set_config(spec, 2 if kind.endswith("state") else 1)
+    triton_op.COMPILE_ONLY = None if DRY else {kind}
+    start = time.time()
+    args = make_args(*((1, 8, 20, 4) if DRY else (2, 128, spec[0] * 6 + 3, 16)), ndir=2 if bidir else None, grad=True)
+    op = bidirectional_selective_scan if bidir else selective_scan
+    out = op(**args, backend="triton")
+    if kind.startswith("bwd"):
+        out.float().sum().backward()
+    sync()
+    return f"{spec} {'bidir' if bidir else 'single'} {kind} in {time.time() - start:.0f} s"
+
+
+def phase_warmup(configs, log):
+    specs = {(name, False): CONFIGS[name] for name in configs}
+    for shape, _, _ in SHAPES.values():
+        auto = triton_op.default_config(shape[2])
+        spec = (auto.chunk, auto.fwd_vec, auto.fwd_warps, auto.bwd_vec, auto.bwd_warps)
+        specs[(spec, False)] = spec
+        specs[(spec, True)] = spec
+    jobs = sorted({(spec, bidir, kind) for (_, bidir), spec in specs.items()
+                   for kind in ("fwd", "fwd_state", "bwd", "bwd_state")})
+    start = time.time()
+    if DRY:
+        for job in jobs[:2]:
+            log("  " + _warm(*job))
+        return {"jobs": len(jobs), "seconds": time.time() - start}
+    ctx = multiprocessing.get_context("spawn")
+    workers = min(len(jobs), max(1, (os.cpu_count() or 4) - 1))
+    with futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        for done in futures.as_completed([pool.submit(_warm, *job) for job in jobs]):
+            log(f"  compiled {done.result()}  ({time.time() - start:.0f} s)")
+    return {"jobs": len(jobs), "workers": workers, "seconds": time.time() - start}
+
+
+# ----------------------------------------------------------------------------------------------
+# check
+
+
+def check_single(shape, with_grad=True):
+    batch, dim, length, d_state = shape
+    args = make_args(batch, dim, length, d_state, grad=with_grad, seed=1)
+    ref_args = upcast(args)
+    out, state = selective_scan(**args, return_final_state=True, backend="triton")
+    ref_out, ref_state = selective_scan(**ref_args, return_final_state=True, backend="reference")
+    res = {"out": rel(out, ref_out), "final_state": rel(state, ref_state)}
+    if with_grad:
+        dout = torch.randn_like(out)
+        got = torch.autograd.grad(out, leaves(args), dout)
+        want = torch.autograd.grad(ref_out, leaves(ref_args), dout.float())
+        names = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+        res.update({f"d{n}": rel(a, b) for n, a, b in zip(names, got, want)})
+    return res
+
+
+def check_bidir(shape):
+    batch, dim, length, d_state = shape
+    args = make_args(batch, dim, length, d_state, ndir=2, grad=True, seed=2)
+    ref_args = upcast(args)
+    out, state = bidirectional_selective_scan(**args, return_final_state=True, average=True, backend="triton")
+    ref_out, ref_state = bidirectional_selective_scan(**ref_args, return_final_state=True, average=True,
+                                                      backend="reference")
+    res = {"out": rel(out, ref_out), "final_state": rel(state, ref_state)}
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, leaves(args), dout)
+    want = torch.autograd.grad(ref_out, leaves(ref_args), dout.float())
+    names = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+    res.update({f"d{n}": rel(a, b) for n, a, b in zip(names, got, want)})
+    return res
+
+
+def phase_check(shapes, log):
+    set_config(None)
+    results = {}
+    for name, (shape, _, _) in shapes.items():
+        start = time.time()
+        results[name] = check_single(shape)
+        log(f"  {name:11s} single {fmt_errors(results[name])} ({time.time() - start:.1f} s)")
+        torch.cuda.empty_cache() if not DRY else None
+    for name in ("vim_s_224", "dna_131k"):
+        if name in shapes:
+            start = time.time()
+            results[name + "_bidir"] = check_bidir(shapes[name][0])
+            log(f"  {name:11s} bidir  {fmt_errors(results[name + '_bidir'])} ({time.time() - start:.1f} s)")
+    worst = max(v for r in results.values() for v in r.values())
+    return {"errors": results, "worst": worst, "passed": worst < 2e-2}
+
+
+def fmt_errors(res):
+    return " ".join(f"{k}={v:.1e}" for k, v in res.items())
+
+
+# ----------------------------------------------------------------------------------------------
+# time
+
+
+def bench(fn, grad_to_none=None):
+    if DRY:
+        fn()
+        start = time.time()
+        fn()
+        return (time.time() - start) * 1e3
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
+
+
+def floors(shape, ndir, backward):
+    """(exp-unit ms, memory ms): FACTS.md section 1 (bf16, one group), per the pass counted."""
+    batch, dim, length, d_state = shape
+    exps = batch * dim * length * d_state * ndir
+    bytes_fwd = 2 * batch * length * (2 * ndir * dim + 2 * dim + 2 * ndir * d_state)  # u, delta per dir; z, out; B, C
+    bytes_bwd = 2 * batch * length * (ndir * (2 * dim + 2 * dim) + 3 * dim + ndir * 4 * d_state)
+    if backward:  # forward + backward; the backward recomputes every exp once (no (B,D,L,N) store)
+        return 2 * exps / EXP_PER_S * 1e3, (bytes_fwd + bytes_bwd) / BYTES_PER_S * 1e3
+    return exps / EXP_PER_S * 1e3, bytes_fwd / BYTES_PER_S * 1e3
+
+
+def time_single(shape):
+    batch, dim, length, d_state = shape
+    args = make_args(batch, dim, length, d_state, seed=3)
+    with torch.no_grad():
+        fwd = bench(lambda: selective_scan(**args, backend="triton"))
+    gargs = make_args(batch, dim, length, d_state, seed=3, grad=True)
+    dout = torch.randn(batch, dim, length, device=device(), dtype=torch.bfloat16)
+
+    def fwd_bwd():
+        selective_scan(**gargs, backend="triton").backward(dout)
+
+    return fwd, bench(fwd_bwd, grad_to_none=leaves(gargs))
+
+
+def two_single_calls(args, average=True):
+    """What a bidirectional layer does without a fused kernel: two scans, flips around the second."""
+    flip = lambda t: t.flip(-1)  # noqa: E731
+    common = dict(delta_softplus=True, backend="triton")
+    y_f = selective_scan(args["u"][0], args["delta"][0], args["A"][0], args["B"][0], args["C"][0], args["D"][0],
+                         args["z"], args["delta_bias"][0], **common)
+    y_r = selective_scan(flip(args["u"][1]), flip(args["delta"][1]), args["A"][1], flip(args["B"][1]),
+                         flip(args["C"][1]), args["D"][1], flip(args["z"]), args["delta_bias"][1], **common)
+    out = y_f + flip(y_r)
+    return out * 0.5 if average else out
+
+
+def time_bidir(shape):
+    batch, dim, length, d_state = shape
+    args = make_args(batch, dim, length, d_state, ndir=2, seed=4)
+    with torch.no_grad():
+        fused = bench(lambda: bidirectional_selective_scan(**args, average=True, backend="triton"))
+        two = bench(lambda: two_single_calls(args))
+    gargs = make_args(batch, dim, length, d_state, ndir=2, seed=4, grad=True)
+    dout = torch.randn(batch, dim, length, device=device(), dtype=torch.bfloat16)
+    fused_bwd = bench(lambda: bidirectional_selective_scan(**gargs, average=True, backend="triton").backward(dout),
+                      grad_to_none=leaves(gargs))
+    two_bwd = bench(lambda: two_single_calls(gargs).backward(dout), grad_to_none=leaves(gargs))
+    return fused, two, fused_bwd, two_bwd
+
+
+def phase_time(shapes, configs, log):
+    rows = {}
+    for name, (shape, ref_fwd, ref_fwdbwd) in shapes.items():
+        row = rows.setdefault(name, {"shape": shape, "mamba_ssm_ms": [ref_fwd, ref_fwdbwd], "configs": {}})
+        auto = triton_op.default_config(shape[2])
+        tried = [("auto", None)] + [(c, CONFIGS[c]) for c in configs]
+        for cname, spec in tried:
+            set_config(spec)
+            try:
+                fwd, fwdbwd = time_single(shape)
+            except Exception as exc:  # one failing tiling must not lose the others
+                log(f"  {name} {cname} FAILED: {exc!r}")
+                row["configs"][cname] = {"error": repr(exc)}
+                continue
+            exp_f, mem_f = floors(shape, 1, False)
+            exp_b, mem_b = floors(shape, 1, True)
+            row["configs"][cname] = {
+                "spec": [auto.chunk, auto.fwd_vec, auto.fwd_warps, auto.bwd_vec, auto.bwd_warps] if spec is None else list(spec),
+                "fwd_ms": fwd, "fwdbwd_ms": fwdbwd,
+                "fwd_frac_exp": exp_f / fwd, "fwd_frac_mem": mem_f / fwd,
+                "fwdbwd_frac_exp": exp_b / fwdbwd, "fwdbwd_frac_mem": mem_b / fwdbwd,
+                "fwd_speedup": ref_fwd / fwd, "fwdbwd_speedup": ref_fwdbwd / fwdbwd,
+            }
+            c = row["configs"][cname]
+            log(f"  {name:11s} {cname:5s} fwd {fwd:7.3f} ms ({c['fwd_speedup']:.2f}x, exp {c['fwd_frac_exp']:.0%}, "
+                f"mem {c['fwd_frac_mem']:.0%})  fwd+bwd {fwdbwd:7.3f} ms ({c['fwdbwd_speedup']:.2f}x, "
+                f"exp {c['fwdbwd_frac_exp']:.0%}, mem {c['fwdbwd_frac_mem']:.0%})")
+        set_config(None)
+        try:
+            fused, two, fused_bwd, two_bwd = time_bidir(shape)
+            exp_f, mem_f = floors(shape, 2, False)
+            row["bidir"] = {"fused_fwd_ms": fused, "two_calls_fwd_ms": two, "fused_fwdbwd_ms": fused_bwd,
+                            "two_calls_fwdbwd_ms": two_bwd, "fwd_ratio": two / fused, "fwdbwd_ratio": two_bwd / fused_bwd,
+                            "fused_fwd_frac_exp": exp_f / fused, "fused_fwd_frac_mem": mem_f / fused}
+            log(f"  {name:11s} bidir fused fwd {fused:.3f} ms vs two calls {two:.3f} ms ({two / fused:.2f}x); "
+                f"fwd+bwd {fused_bwd:.3f} vs {two_bwd:.3f} ms ({two_bwd / fused_bwd:.2f}x)")
+        except Exception as exc:
+            log(f"  {name} bidir FAILED: {exc!r}")
+            row["bidir"] = {"error": repr(exc)}
+        if not DRY:
+            torch.cuda.empty_cache()
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# big
+
+
+def phase_big(log):
+    """Forward over > 2^31 elements; the last channels of the last batch row, whose offsets pass
+    2^31, against the reference."""
+    set_config(None)
+    batch, dim, length, d_state = (2, 1024, (1 << 20) + 1, 16) if not DRY else (2, 8, 70, 4)
+    args = make_args(batch, dim, length, d_state, seed=5)
+    start = time.time()
+    with torch.no_grad():
+        out, state = selective_scan(**args, return_final_state=True, backend="triton")
+    sync()
+    elapsed = time.time() - start
+    far = slice(dim - 4, dim)
+    sl = dict(u=args["u"][-1:, far], delta=args["delta"][-1:, far], A=args["A"][far], B=args["B"][-1:],
+              C=args["C"][-1:], D=args["D"][far], z=args["z"][-1:, far], delta_bias=args["delta_bias"][far])
+    with torch.no_grad():
+        ref_out, ref_state = selective_scan(**upcast(sl), delta_softplus=True, return_final_state=True,
+                                            backend="reference")
+    res = {"elements": batch * dim * length, "first_checked_offset": ((batch - 1) * dim + dim - 4) * length,
+           "out": rel(out[-1:, far], ref_out), "final_state": rel(state[-1:, far], ref_state),
+           "seconds_incl_first_call": elapsed}
+    log(f"  {res}")
+    del args, out
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    best = {n: min((c for c in rows[n]["configs"].values() if "fwd_ms" in c), key=lambda c: c["fwd_ms"], default=None)
+            for n in names}
+    best_b = {n: min((c for c in rows[n]["configs"].values() if "fwdbwd_ms" in c), key=lambda c: c["fwdbwd_ms"],
+                     default=None) for n in names}
+    x = range(len(names))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax = axes[0]
+    w = 0.27
+    ax.bar([i - w for i in x], [best[n]["fwd_speedup"] if best[n] else 0 for n in names], w, label="fwd")
+    ax.bar([i for i in x], [best_b[n]["fwdbwd_speedup"] if best_b[n] else 0 for n in names], w, label="fwd+bwd")
+    ax.bar([i + w for i in x], [rows[n].get("bidir", {}).get("fwd_ratio", 0) for n in names], w,
+           label="bidir fused / two calls (fwd)")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(list(x), names, rotation=20)
+    ax.set_ylabel("speed-up (x)")
+    ax.set_title("Triton selective scan vs mamba_ssm 2.3.2 CUDA")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    ax.bar([i - w / 2 for i in x], [best[n]["fwd_frac_exp"] if best[n] else 0 for n in names], w, label="fwd: exp-unit")
+    ax.bar([i + w / 2 for i in x], [best[n]["fwd_frac_mem"] if best[n] else 0 for n in names], w, label="fwd: memory")
+    ax.set_xticks(list(x), names, rotation=20)
+    ax.set_ylabel("fraction of floor")
+    ax.set_title("forward: fraction of the two limits")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def targets_met(rows):
+    met = {}
+    for name, row in rows.items():
+        cfgs = [c for c in row["configs"].values() if "fwd_ms" in c]
+        if not cfgs:
+            continue
+        auto = row["configs"].get("auto", {})
+        best_f = max(c["fwd_speedup"] for c in cfgs)
+        best_b = max(c["fwdbwd_speedup"] for c in cfgs)
+        t_f = ISSUE_TARGETS["fwd"].get(name, ISSUE_TARGETS["fwd"]["default"])
+        t_b = ISSUE_TARGETS["fwdbwd"].get(name, ISSUE_TARGETS["fwdbwd"]["default"])
+        met[name] = {"fwd_auto": auto.get("fwd_speedup"), "fwd_best": best_f, "fwd_target": t_f, "fwd_met": best_f >= t_f,
+                     "fwdbwd_auto": auto.get("fwdbwd_speedup"), "fwdbwd_best": best_b, "fwdbwd_target": t_b,
+                     "fwdbwd_met": best_b >= t_b}
+        if "fwd_ratio" in row.get("bidir", {}):
+            met[name]["bidir_ratio"] = row["bidir"]["fwd_ratio"]
+            met[name]["bidir_met"] = row["bidir"]["fwd_ratio"] >= ISSUE_TARGETS["bidir"]
+    return met
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
+    parser.add_argument("--phases", default="warmup,check,time,big")
+    parser.add_argument("--configs", default="", help="tilings tried besides auto, e.g. c64,c32,c16")
+    parser.add_argument("--shapes", default=None, help="comma-separated subset of " + ",".join(SHAPES))
+    parser.add_argument("--dry-run", action="store_true", help="CPU, interpreter, tiny shapes")
+    opts = parser.parse_args()
+    os.makedirs(opts.out, exist_ok=True)
+    shapes = DRY_SHAPES if DRY else SHAPES
+    if opts.shapes:
+        shapes = {k: v for k, v in shapes.items() if k in opts.shapes.split(",")}
+    configs = [c for c in opts.configs.split(",") if c]
+    phases = opts.phases.split(",")
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d")
+    log_lines = []
+
+    def log(msg):
+        print(msg, flush=True)
+        log_lines.append(msg)
+
+    import triton
+
+    report = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "gpu": "cpu (interpreter)" if DRY else torch.cuda.get_device_name(),
+        "torch": torch.__version__, "triton": triton.__version__,
+        "cuda": torch.version.cuda, "dtype": "bf16 u/delta/z/B/C, fp32 A/D/delta_bias, softplus, D, z, one group",
+        "floors": {"exp_per_s": EXP_PER_S, "bytes_per_s": BYTES_PER_S},
+        "configs": CONFIGS, "phases": {},
+    }
+    path = os.path.join(opts.out, f"selective_scan_{stamp}")
+
+    def save():
+        with open(path + ".json", "w") as f:
+            json.dump(report, f, indent=1, default=str)
+
+    for phase in phases:
+        log(f"== {phase}")
+        start = time.time()
+        try:
+            if phase == "warmup":
+                report["phases"]["warmup"] = phase_warmup(configs, log)
+            elif phase == "check":
+                report["phases"]["check"] = phase_check(shapes, log)
+            elif phase == "time":
+                rows = phase_time(shapes, configs, log)
+                report["phases"]["time"] = rows
+                report["targets"] = targets_met(rows)
+                plot(rows, path + ".png")
+            elif phase == "big":
+                report["phases"]["big"] = phase_big(log)
+        except Exception:
+            log(traceback.format_exc())
+            report["phases"][phase] = {"error": traceback.format_exc()}
+        log(f"   ({time.time() - start:.0f} s)")
+        save()
+    if "targets" in report:
+        log("== targets (best tiling; auto in parentheses)")
+        for name, t in report["targets"].items():
+            log(f"  {name:11s} fwd {t['fwd_best']:.2f}x ({t['fwd_auto'] or 0:.2f}x) target {t['fwd_target']}x "
+                f"{'MET' if t['fwd_met'] else 'missed'} | fwd+bwd {t['fwdbwd_best']:.2f}x ({t['fwdbwd_auto'] or 0:.2f}x) "
+                f"target {t['fwdbwd_target']}x {'MET' if t['fwdbwd_met'] else 'missed'}"
+                + (f" | bidir {t['bidir_ratio']:.2f}x {'MET' if t['bidir_met'] else 'missed'}" if "bidir_ratio" in t else ""))
+    report["log"] = log_lines
+    save()
+
+
+if __name__ == "__main__":
+    main()

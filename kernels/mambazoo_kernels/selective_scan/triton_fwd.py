@@ -1,0 +1,439 @@
+"""Triton forward kernel of the selective scan (Mamba-1, S6), generated per ``d_state``.
+
+Layouts (the launchers in ``triton_op`` prepare them; ``ndir`` is 1, or 2 for the fused
+bidirectional scan, whose direction is grid axis 2):
+
+    u, delta          (ndir, batch, dim, L) contiguous, fp32/bf16/fp16
+    z, out            (batch, dim, L) contiguous (shared by both directions)
+    A                 (ndir, dim, N) fp32;  D, delta_bias (ndir, dim) fp32
+    B, C per token    (ndir, batch, groups, N, L), any strides, passed explicitly
+    B, C constant     (ndir, dim, N): the "group" stride is then the channel stride
+    states            (ndir, batch, dim, N) fp32; checkpoints (ndir, batch, dim, n_chunks, N) fp32
+
+Direction 1 scans right to left by reading the time tiles in descending order and each tile
+backwards (reversed indices in the pointer arithmetic; the loads are per-element anyway, see
+``tile_load``), so both directions run the same code and nothing is flipped in memory.
+
+The forward kernel is time-parallel: a program owns BLOCK_D channels (all in one B/C group)
+and walks the sequence in chunks of T steps. Each [BLOCK_D, T] tile is laid out with VEC
+consecutive steps of one channel per thread and T // VEC threads along time (``tile_load``);
+per state n the chunk's recurrence h = a h + x is one ``tl.associative_scan`` along time (VEC
+sequential steps in registers, then log2(T // VEC) shuffle rounds), and the state at the
+chunk's end is carried to the next chunk. The state is stored at every chunk boundary
+(``store_ckpt``) for the backward, which recomputes the states chunk by chunk instead of
+keeping a (batch, dim, L, N) tensor.
+
+Why code generation: the N per-state carries are N separate [BLOCK_D] variables, one source
+line per state (a [BLOCK_D, N] tile would be spread over threads by Triton and cost a shuffle
+or shared-memory round trip per access). The source is generated for the N in use, written to a
+private temporary folder and imported, so ``inspect.getsource`` (used by both the compiler and
+``TRITON_INTERPRET=1``) can read it.
+
+Long sequences with few channels (too few programs to fill the GPU) are cut into segments, grid
+axis 2 = direction x segment: a state pass (``STATE_PASS``) runs each segment from a zero state
+and writes its end state and sum of dt, ``segment_combine_kernel`` chains them into each
+segment's start state (the carry through a segment decays by exp(A * sum dt)), and the full
+pass runs all segments in parallel from those states. This costs a second pass of exps.
+
+The fused bidirectional combine: each direction's program writes its fp32 ``y`` tile to a
+scratch buffer, then increments an int32 flag per (batch, channel block, time tile); the
+program that finds the flag at 1 came second, reads the other direction's tile and writes
+``(y_f + y_r) * scale * silu(z)``. fp32 addition is commutative, so the result does not depend
+on which direction finished first.
+"""
+from __future__ import annotations
+
+import atexit
+import functools
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+import textwrap
+
+import triton
+import triton.language as tl
+
+_GENERATED_DIR = None
+
+
+def _transposed_pieces() -> bool:
+    """Whether strided tile pieces are loaded as [T // VEC, BLOCK_D] and transposed.
+
+    A piece's pointer tensor is equally non-contiguous along both axes, and Triton's coalescing
+    breaks that tie by version: 3.6 makes axis 0 the fastest, 3.8 axis 1. The kernels need the
+    threads of a warp to run along time (axis 1 of [BLOCK_D, T // VEC]), so under 3.6 the pieces
+    are loaded (and stored) with time as axis 0 and transposed in registers, which is free.
+    """
+    forced = os.environ.get("MAMBAZOO_TRANSPOSED_PIECES")  # tests run both forms under the interpreter
+    if forced is not None:
+        return forced == "1"
+    major, minor = (int(part) for part in re.findall(r"\d+", triton.__version__)[:2])
+    return (major, minor) < (3, 7)
+
+
+TRANSPOSED = _transposed_pieces()
+
+
+def piece(expr: str) -> str:
+    """A piece's pointer/mask/value expression in the orientation of :data:`TRANSPOSED`."""
+    if not TRANSPOSED:
+        return expr
+    return re.sub(r"\btp\b", "tpT", expr.replace("[:, None]", "[None, :]")).replace("zero_cols", "zero_colsT")
+
+HEADER = '''
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _lin_combine(a1, x1, a2, x2):
+    # h = a * h_prev + x; element 1 comes first in scan order.
+    return a1 * a2, a2 * x1 + x2
+
+
+@triton.jit
+def _adj_combine(f1, p1, q1, f2, p2, q2):
+    # Adjoint g[t] = c[t] + a[t+1] g[t+1], scanned against the processing order: element 1 is
+    # the LATER segment (in processing order), element 2 the earlier one. A segment [t..s] is
+    # (a[t], prod a[t+1..s], g[t] given a zero carry); g[t] = q + p * (a[s+1] g[s+1]).
+    w = p2 * f1
+    return f2, w * p1, q2 + w * q1
+
+
+# Only core builtins and the helpers below: triton.language.standard's functions (tl.sum,
+# tl.sigmoid, tl.cdiv, tl.zeros) are @jit functions whose interpreter/compiled mode is fixed when
+# triton is first imported, so a process that imported triton before setting TRITON_INTERPRET=1
+# (e.g. through timm -> torch._dynamo) could not run these kernels under the interpreter.
+@triton.jit
+def _sum(x, axis: tl.constexpr):
+    # The standard sum's combine function, which the interpreter also recognizes (numpy fast path).
+    return tl.reduce(x, axis, tl.standard._sum_combine)
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _softplus(x):
+    # log1p(exp(x)) accurate for small exp(x) (Goldberg), identity above 20 like torch.
+    e = tl.exp(tl.minimum(x, 20.0))
+    v = 1.0 + e
+    sp = tl.where(v == 1.0, e, tl.log(v) * (e / (v - 1.0)))
+    return tl.where(x > 20.0, x, sp)
+'''
+
+
+def per_state(template: str, d_state: int, indent: int) -> str:
+    """Repeat ``template`` once per state, ``@n`` replaced by the state index."""
+    pad = " " * indent
+    blocks = [textwrap.indent(textwrap.dedent(template).strip("\n"), pad).replace("@n", str(n)) for n in range(d_state)]
+    return "\n".join(blocks)
+
+
+def load_generated(name: str, source: str):
+    """Write ``source`` to a private temporary module and return its attribute ``name``."""
+    global _GENERATED_DIR
+    if _GENERATED_DIR is None:
+        _GENERATED_DIR = tempfile.mkdtemp(prefix="mambazoo_kernels_")
+        atexit.register(shutil.rmtree, _GENERATED_DIR, True)
+    path = os.path.join(_GENERATED_DIR, f"{name}.py")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(source)
+    os.replace(tmp, path)
+    spec = importlib.util.spec_from_file_location(f"mambazoo_kernels_generated_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+# Sizes and flags that vary per call are plain (unspecialized) arguments, so one compiled kernel
+# serves every shape; only what changes the arithmetic is a constexpr.
+RUNTIME_ARGS = ["batch", "dim", "L", "cpg_B", "cpg_C", "n_segs", "seg_chunks", "has_init", "store_ckpt",
+                "store_ypre", "sB_dir", "sB_b", "sB_g", "sB_n", "sB_t", "sC_dir", "sC_b", "sC_g", "sC_n", "sC_t"]
+
+COMMON_ARGS = """
+    batch, dim, L, cpg_B, cpg_C, scale, n_segs, seg_chunks, has_init, store_ckpt, store_ypre,
+    sB_dir, sB_b, sB_g, sB_n, sB_t,
+    sC_dir, sC_b, sC_g, sC_n, sC_t,
+"""
+
+# Program setup shared by the kernels: ids (int64 before any product), row offsets, B/C bases,
+# and the program's segment: processing-order tiles [i_start, i_end) of its direction.
+SETUP = """
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    direction = tl.program_id(2) // n_segs
+    seg = tl.program_id(2) - direction * n_segs
+    dir64 = direction.to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = offs_d < dim
+    offs_d64 = offs_d.to(tl.int64)
+    row = (dir64 * batch + pid_b) * dim + offs_d64
+    seg_row = row * n_segs + seg
+    x_row = row * L
+    z_row = (pid_b * dim + offs_d64) * L
+    par = dir64 * dim + offs_d64
+    B_base = B_ptr + dir64 * sB_dir + pid_b * sB_b + ((pid_d * BLOCK_D) // cpg_B).to(tl.int64) * sB_g
+    C_base = C_ptr + dir64 * sC_dir + pid_b * sC_b + ((pid_d * BLOCK_D) // cpg_C).to(tl.int64) * sC_g
+    B_chan = B_ptr + dir64 * sB_dir + offs_d64 * sB_g
+    C_chan = C_ptr + dir64 * sC_dir + offs_d64 * sC_g
+    zero_rows = offs_d * 0
+    piece_cols = (tl.arange(0, T // VEC) * VEC)[None, :]
+    piece_colsT = (tl.arange(0, T // VEC) * VEC)[:, None]
+    zero_cols = piece_cols * 0
+    zero_colsT = piece_colsT * 0
+    cols = tl.arange(0, T)
+    # Direction 1 reads every tile backwards (column c of a tile is step T - 1 - c), so both
+    # directions run the same code: scans, carries and edges work in processing order.
+    sgn = 1 - 2 * direction
+    rev0 = direction * (T - 1)
+    n_tiles = (L + T - 1) // T
+    i_start = seg * seg_chunks
+    i_end = tl.minimum(i_start + seg_chunks, n_tiles)
+    if HAS_D:
+        Dv = tl.load(D_ptr + par, mask=dmask, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + par, mask=dmask, other=0.0)
+"""
+
+
+def join_tree(names) -> str:
+    """``tl.join`` nest whose flattened last axes enumerate ``names`` in order (lowest bit last)."""
+    if len(names) == 1:
+        return names[0]
+    return f"tl.join({join_tree(names[0::2])}, {join_tree(names[1::2])})"
+
+
+def split_tree(value: str, names, tmp: str) -> str:
+    """Inverse of :func:`join_tree`: assign the pieces of ``value`` (last axes of size 2) to ``names``."""
+    if len(names) == 1:
+        return f"{names[0]} = {value}\n"
+    return (f"{tmp}e, {tmp}o = tl.split({value})\n" + split_tree(f"{tmp}e", names[0::2], tmp + "e")
+            + split_tree(f"{tmp}o", names[1::2], tmp + "o"))
+
+
+def tile_load(var: str, ptr: str, mask: str, vec: int, indent: int) -> str:
+    """Load a [BLOCK_D, T] fp32 tile as ``vec`` strided [BLOCK_D, T // vec] loads joined together.
+
+    Row starts are not 16-byte aligned for odd L, so a plain tile load gets one element per
+    thread with threads along time, the worst layout for a scan and for per-row carries. Joining
+    strided pieces gives each thread ``vec`` consecutive steps of one channel instead (the joined
+    axes live in registers). ``ptr``/``mask`` use ``tp`` (first step of each piece) and ``@j``
+    (offset inside the piece); ``tp`` is built from the loop-invariant 2-D ``piece_cols`` so
+    that no index vector changes layout inside the loop.
+    """
+    pieces = [f"{var}_{j}" for j in range(vec)]
+    load = "tl.trans(tl.load({}, mask={}, other=0.0))" if TRANSPOSED else "tl.load({}, mask={}, other=0.0)"
+    lines = [
+        f"{name} = " + load.format(piece(ptr.replace('@j', str(j))), piece(mask.replace('@j', str(j))))
+        + ".to(tl.float32)"
+        for j, name in enumerate(pieces)
+    ]
+    lines.append(f"{var} = tl.reshape({join_tree(pieces)}, (BLOCK_D, T))")
+    return textwrap.indent("\n".join(lines), " " * indent) + "\n"
+
+
+def tile_store_rows(ptr: str, value: str, mask: str, vec: int, indent: int) -> str:
+    """Store a [T] vector ``value`` (one value per step, e.g. a sum over channels) in the layout of
+    :func:`tile_load`, as ``vec`` strided pieces that every channel row writes identically; this
+    keeps the reduction's layout (no shared-memory round trip). ``ptr``/``mask`` as in tile_load."""
+    names = [f"_piece{j}" for j in range(vec)]
+    shape = ", ".join(["BLOCK_D", "T // VEC"] + ["2"] * (vec.bit_length() - 1))
+    lines = f"_full = tl.reshape(tl.broadcast_to(({value})[None, :], (BLOCK_D, T)), ({shape}))\n"
+    lines += split_tree("_full", names, "_s")
+    for j, name in enumerate(names):
+        value = f"tl.trans({name})" if TRANSPOSED else name
+        lines += f"tl.store({piece(ptr.replace('@j', str(j)))}, {value}, mask={piece(mask.replace('@j', str(j)))})\n"
+    return textwrap.indent(lines, " " * indent)
+
+
+def store_channels(ptr: str, value: str, indent: int) -> str:
+    """Store a per-channel [BLOCK_D] vector without leaving the tile layout: every thread of a row
+    writes the same value to the same address ([BLOCK_D, T // VEC] pointers, zero column stride)."""
+    line = (f"tl.store(({ptr})[:, None] + zero_cols, ({value})[:, None] + zero_cols.to(tl.float32), "
+            "mask=dmask[:, None] & (zero_cols == 0))")
+    return " " * indent + piece(line) + "\n"
+
+
+def load_step_tile(vec: int) -> str:
+    """One tile's u and delta with bias/softplus; masked steps get dt = 0 (an identity step)."""
+    piece_mask = "dmask[:, None] & (tp + sgn * @j < L)"
+    return (
+        "        t = k * T + rev0 + sgn * cols\n"
+        "        tp = k * T + rev0 + sgn * piece_cols\n"
+        "        tpT = k * T + rev0 + sgn * piece_colsT\n"
+        "        m2 = dmask[:, None] & (t < L)[None, :]\n"
+        "        offs = x_row[:, None] + t[None, :]\n"
+        + tile_load("u", "u_ptr + x_row[:, None] + (tp + sgn * @j)", piece_mask, vec, 8)
+        + tile_load("pre", "delta_ptr + x_row[:, None] + (tp + sgn * @j)", piece_mask, vec, 8)
+        + """
+        if HAS_BIAS:
+            pre = pre + bias[:, None]
+        if SOFTPLUS:
+            dt = tl.where(m2, _softplus(pre), 0.0)
+        else:
+            dt = tl.where(m2, pre, 0.0)
+        dtu = dt * u
+""")
+
+
+def bc_tile(name: str, vec: int, indent: int) -> str:
+    """B or C for state @n as a [BLOCK_D, T] tile (per token: one row broadcast over channels)."""
+    per_token = tile_load(
+        f"{name}v", f"{name}_base + @n * s{name}_n + (tp + sgn * @j) * s{name}_t + zero_rows[:, None]",
+        "(tp + sgn * @j < L)", vec, 4)
+    return textwrap.indent(
+        f"if {name}_CONST:\n"
+        f"    {name}v = tl.load({name}_chan + @n * s{name}_n, mask=dmask, other=0.0).to(tl.float32)[:, None]\n"
+        f"else:\n" + per_token, " " * indent)
+
+
+def state_code(state: str, d_state: int, replacements, indent: int) -> str:
+    """The per-state code, placeholders (scan directions, chunk edges) replaced, indented."""
+    body = per_state(state, d_state, 0)
+    for placeholder, value in replacements.items():
+        body = body.replace(placeholder, str(value))
+    return textwrap.indent(body, " " * indent) + "\n"
+
+
+# Writes the gated output (single direction) or runs the two-direction combine.
+OUTPUT_SINGLE = """
+        zoffs = z_row[:, None] + t[None, :]
+        if HAS_Z:
+            zv = tl.load(z_ptr + zoffs, mask=m2, other=0.0).to(tl.float32)
+            y = y * (zv * _sigmoid(zv))
+        tl.store(out_ptr + zoffs, y.to(out_ptr.dtype.element_ty), mask=m2)
+"""
+
+OUTPUT_BIDIR = """
+        zoffs = z_row[:, None] + t[None, :]
+        plane = (pid_b * 0 + batch) * dim * L  # int64: the scratch buffer may pass 2^31 elements
+        tl.store(ybuf_ptr + dir64 * plane + zoffs, y, mask=m2)
+        tl.debug_barrier()
+        old = tl.atomic_add(flag_ptr + (pid_b * tl.num_programs(0) + pid_d) * n_tiles + k, 1)
+        if old == 1:
+            other = tl.load(ybuf_ptr + (1 - dir64) * plane + zoffs, mask=m2, other=0.0, cache_modifier=".cg")
+            ysum = (y + other) * scale
+            if store_ypre != 0:
+                tl.store(ypre_ptr + zoffs, ysum.to(ypre_ptr.dtype.element_ty), mask=m2)
+            if HAS_Z:
+                zv = tl.load(z_ptr + zoffs, mask=m2, other=0.0).to(tl.float32)
+                ysum = ysum * (zv * _sigmoid(zv))
+            tl.store(out_ptr + zoffs, ysum.to(out_ptr.dtype.element_ty), mask=m2)
+"""
+
+FWD_SIGNATURE = """
+@triton.jit(do_not_specialize=RUNTIME_ARGS)
+def {name}(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr,
+    out_ptr, hT_ptr, ckpt_ptr, ybuf_ptr, flag_ptr, ypre_ptr, seg_ptr, segdt_ptr,
+{common}    BLOCK_D: tl.constexpr, T: tl.constexpr,
+    B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STATE_PASS: tl.constexpr,
+):
+"""
+
+# STATE_PASS: each segment runs from a zero state and writes only its end state and sum of dt.
+# Otherwise the state starts from init_ptr (h0, or the state the combine wrote for the segment;
+# both indexed by seg_row, as n_segs == 1 without segments) when has_init, else from zero.
+INIT_STATES = """
+    h_@n = tl.load(init_ptr + seg_row * N_STATE + @n, mask=dmask & (has_init != 0), other=0.0)
+"""
+
+FINAL_STATES = """
+    if STATE_PASS:
+""" + store_channels("seg_ptr + seg_row * N_STATE + @n", "h_@n", 8) + """
+    elif seg == n_segs - 1:
+""" + store_channels("hT_ptr + row * N_STATE + @n", "h_@n", 8)
+
+# ---------------------------------------------------------------------------------------------
+# chunk kernel: time-parallel inside a chunk of T steps (the backward uses the same chunks).
+
+CHUNK_STATE = """
+a = tl.exp2(dt * (tl.load(A_ptr + par * N_STATE + @n, mask=dmask, other=0.0) * LOG2E)[:, None])
+BLOAD
+P, hl = tl.associative_scan((a, dtu * Bv), 1, _lin_combine, reverse=SCAN_REV)
+h = hl + P * h_@n[:, None]
+h_@n = _sum(tl.where(is_last, h, 0.0), axis=1)
+if not STATE_PASS:
+CLOAD
+    y += Cv * h
+"""
+
+
+def _chunk_fwd_source(name: str, d_state: int, bidir: bool, vec: int) -> str:
+    state = CHUNK_STATE.replace("BLOAD", bc_tile("B", vec, 0)).replace("CLOAD", bc_tile("C", vec, 4))
+    src = HEADER + f"\nN_STATE = tl.constexpr({d_state})\nVEC = tl.constexpr({vec})\nRUNTIME_ARGS = {RUNTIME_ARGS!r}\n"
+    src += FWD_SIGNATURE.format(name=name, common=COMMON_ARGS)
+    src += SETUP
+    src += per_state(INIT_STATES, d_state, 4) + "\n"
+    src += """
+    dt_sum = tl.full([BLOCK_D], 0.0, tl.float32)
+    for i in range(i_start, i_end):
+        k = i + direction * (n_tiles - 1 - 2 * i)
+        if store_ckpt != 0:
+            ck = (row * n_tiles + k) * N_STATE
+""" + per_state(store_channels("ckpt_ptr + ck + @n", "h_@n", 0), d_state, 12) + "\n"
+    src += load_step_tile(vec)
+    src += """
+        if STATE_PASS:
+            dt_sum += _sum(dt, axis=1)
+        else:
+            y = tl.full([BLOCK_D, T], 0.0, tl.float32)
+"""
+    src += state_code("is_last = (cols == T - 1)[None, :]\n" + state, d_state, {"SCAN_REV": False}, 8)
+    src += "        if not STATE_PASS:\n"
+    src += "            if HAS_D:\n                y += Dv[:, None] * u\n"
+    src += textwrap.indent(OUTPUT_BIDIR if bidir else OUTPUT_SINGLE, "    ")
+    src += per_state(FINAL_STATES, d_state, 4) + "\n"
+    src += "    if STATE_PASS:\n" + store_channels("segdt_ptr + seg_row", "dt_sum", 8)
+    return src
+
+
+@functools.lru_cache(maxsize=None)
+def chunk_forward_kernel(d_state: int, bidir: bool, vec: int):
+    """The time-parallel forward kernel: ``d_state`` states, ``vec`` steps per thread, and with
+    ``bidir`` grid axis 2 = direction x segment."""
+    name = f"ss_fwd_chunk_n{d_state}_v{vec}_{'bi' if bidir else 'uni'}"
+    return load_generated(name, _chunk_fwd_source(name, d_state, bidir, vec))
+
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def segment_combine_kernel(seg_ptr, segdt_ptr, A_ptr, init_ptr, batch, dim, n_segs,
+                           N: tl.constexpr, NP: tl.constexpr, BLOCK: tl.constexpr, HAS_INIT: tl.constexpr,
+                           REVERSE: tl.constexpr):
+    """Chain segment-local results: on entry ``seg[.., s, :]`` is what segment s produces from a
+    zero carry (forward: its end state; backward: the adjoint it passes on), on exit the carry
+    entering segment s. The carry through a segment decays by exp(A * sum of its dt)."""
+    direction = tl.program_id(2).to(tl.int64)
+    offs_d = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs_n = tl.arange(0, NP)
+    dmask = offs_d < dim
+    m2 = dmask[:, None] & (offs_n < N)[None, :]
+    row = (direction * batch + tl.program_id(1)) * dim + offs_d.to(tl.int64)
+    A2 = tl.load(A_ptr + (direction * dim + offs_d)[:, None] * N + offs_n[None, :], mask=m2, other=0.0) * LOG2E
+    if HAS_INIT:
+        carry = tl.load(init_ptr + row[:, None] * N + offs_n[None, :], mask=m2, other=0.0)
+    else:
+        carry = tl.full([BLOCK, NP], 0.0, tl.float32)
+    for i in range(0, n_segs):
+        if REVERSE:
+            s = n_segs - 1 - i
+        else:
+            s = i
+        ptrs = seg_ptr + (row * n_segs + s)[:, None] * N + offs_n[None, :]
+        local = tl.load(ptrs, mask=m2, other=0.0)
+        dsum = tl.load(segdt_ptr + row * n_segs + s, mask=dmask, other=0.0)
+        tl.store(ptrs, carry, mask=m2)
+        carry = tl.exp2(A2 * dsum[:, None]) * carry + local
+

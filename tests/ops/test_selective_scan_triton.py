@@ -1,0 +1,222 @@
+"""The Triton selective-scan kernels, run on the CPU by Triton's interpreter, against float64 oracles.
+
+The interpreter executes the real kernel code (the same source the GPU compiles) with numpy, so
+shapes stay tiny. The chunk is 16 steps for these lengths (see ``triton_op.default_config``), so
+lengths 17, 33 and 50 cross one to three chunk boundaries; ``segments`` forces the long-sequence
+path (state pass + combine + full pass) on short sequences.
+
+Tolerances: with float32 inputs the kernels differ from float64 only by float32 rounding in
+exp2 / scans / sums over at most a few hundred terms: ~1e-7 relative in practice; we assert 2e-5
+(forward) and 1e-4 (gradients, which sum more terms). With bf16 inputs the oracle sees the same
+rounded inputs, so the error is the final rounding of each output to bf16 (2^-9 relative per
+element, ~2e-3 as a norm ratio): we assert 1e-2.
+"""
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton or the kernel modules are imported
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mambazoo_kernels import bidirectional_selective_scan, selective_scan
+from mambazoo_kernels.selective_scan import triton_op
+
+from test_selective_scan import make_inputs, oracle, rel_err, stack_directions
+
+NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
+
+
+@pytest.fixture
+def config(monkeypatch):
+    """Set the kernels' tiling (e.g. force segments) for one test."""
+
+    def set_config(**kwargs):
+        base = triton_op.default_config(kwargs.pop("length"))
+        monkeypatch.setattr(triton_op, "CONFIG", triton_op.ScanConfig(**{**base.__dict__, **kwargs}))
+
+    return set_config
+
+
+def leaves_of(args):
+    return {k: v.requires_grad_() for k, v in args.items() if isinstance(v, torch.Tensor)}
+
+
+def oracle_of(args):
+    return oracle(*(args[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")),
+                  delta_softplus=args["delta_softplus"], h0=args["initial_state"])
+
+
+def check_against_oracle(args, fwd_tol, grad_tol):
+    leaves = leaves_of(args)
+    out, state = selective_scan(**args, return_final_state=True, backend="triton")
+    ref_out, ref_state = oracle_of(args)
+    assert out.dtype == args["u"].dtype and state.dtype == torch.float32
+    assert rel_err(out, ref_out) < fwd_tol
+    assert rel_err(state, ref_state) < fwd_tol
+    g = torch.Generator().manual_seed(1)
+    grad_out = torch.randn(out.shape, generator=g).to(out.dtype)
+    grad_state = torch.randn(state.shape, generator=g)
+    names = list(leaves)
+    got = torch.autograd.grad((out, state), [leaves[n] for n in names], (grad_out, grad_state))
+    want = torch.autograd.grad((ref_out, ref_state), [leaves[n] for n in names], (grad_out.double(), grad_state.double()))
+    for name, a, b in zip(names, got, want):
+        assert a.dtype == leaves[name].dtype, name
+        assert rel_err(a, b) < grad_tol, (name, rel_err(a, b))
+
+
+CASES = [
+    # batch, dim, length, d_state, B/C form, groups, variant
+    (1, 4, 1, 4, "constant", 1, "full"),    # L = 1, batch 1, constant B/C
+    (2, 6, 17, 4, "token", 1, "bare"),      # odd length across one chunk boundary; no D/z/bias/softplus
+    (2, 6, 33, 2, "grouped", 3, "state"),   # 3 groups of 2 channels, initial + final state
+    (1, 5, 50, 3, "grouped", 1, "state"),   # odd dim and d_state, 4 chunks
+]
+
+
+@pytest.mark.parametrize("batch,dim,length,d_state,bc,groups,variant", CASES)
+def test_forward_and_grads_match_float64_oracle(batch, dim, length, d_state, bc, groups, variant):
+    args = make_inputs(batch, dim, length, d_state, bc, groups, dtype=torch.float32, with_d=variant != "bare",
+                       with_z=variant != "bare", with_bias=variant != "bare", with_state=variant == "state")
+    check_against_oracle(args, 2e-5, 1e-4)
+
+
+def test_segmented_long_sequence_path(config):
+    # Three segments of two chunks: state pass, combine, full pass; and the same in the backward.
+    args = make_inputs(2, 4, 90, 4, "grouped", 2, dtype=torch.float32, with_state=True, seed=3)
+    config(length=90, segments=3)
+    check_against_oracle(args, 2e-5, 1e-4)
+
+
+def test_constant_B_with_per_token_C():
+    args = make_inputs(2, 4, 20, 3, "grouped", 2, dtype=torch.float32, with_state=True, seed=4)
+    args["B"] = make_inputs(2, 4, 20, 3, "constant", dtype=torch.float32, seed=5)["B"]
+    check_against_oracle(args, 2e-5, 1e-4)
+
+
+def test_bf16_inputs_keep_fp32_state():
+    args = make_inputs(2, 4, 37, 4, "grouped", 2, dtype=torch.bfloat16, with_state=True, seed=6)
+    check_against_oracle(args, 1e-2, 1e-2)
+
+
+def test_fp16_forward():
+    args = make_inputs(1, 4, 21, 4, "token", 1, dtype=torch.float16, seed=7)
+    out = selective_scan(**args, backend="triton")
+    assert out.dtype == torch.float16
+    assert rel_err(out, oracle_of(args)[0]) < 2e-3  # 2^-11 rounding of the output
+
+
+def test_backward_is_deterministic():
+    args = make_inputs(1, 4, 40, 2, "grouped", 1, dtype=torch.float32, with_state=True, seed=8)
+    leaves = leaves_of(args)
+
+    def grads():
+        out, state = selective_scan(**args, return_final_state=True, backend="triton")
+        return torch.autograd.grad((out.square().sum() + state.sum()), list(leaves.values()))
+
+    assert all(torch.equal(a, b) for a, b in zip(grads(), grads()))
+
+
+def flip(t):
+    return t.flip(-1)
+
+
+@pytest.mark.parametrize("bc,groups,average,segments", [
+    ("grouped", 2, True, None), ("constant", 1, False, None), ("token", 1, True, 2),
+])
+def test_bidirectional_matches_two_reversed_scans(bc, groups, average, segments, config):
+    length = 35
+    if segments:
+        config(length=length, segments=segments)
+    fwd = make_inputs(2, 4, length, 2, bc, groups, dtype=torch.float32, with_state=True, seed=10)
+    rev = make_inputs(2, 4, length, 2, bc, groups, dtype=torch.float32, with_state=True, seed=11)
+    stacked = stack_directions(fwd, rev)
+    leaves = leaves_of(stacked)
+    out, states = bidirectional_selective_scan(**stacked, delta_softplus=True, return_final_state=True,
+                                               average=average, backend="triton")
+
+    # Two unidirectional Triton scans, the second on flipped inputs, flipped back.
+    def direction(i, order):
+        time = (lambda k: stacked[k][i]) if bc == "constant" else (lambda k: order(stacked[k][i]))
+        return selective_scan(order(stacked["u"][i]), order(stacked["delta"][i]), stacked["A"][i], time("B"), time("C"),
+                              stacked["D"][i], None, stacked["delta_bias"][i], True, stacked["initial_state"][i], True,
+                              backend="triton")
+
+    y_f, s_f = direction(0, lambda t: t)
+    y_r, s_r = direction(1, flip)
+    two_scans = (y_f + flip(y_r)) * F.silu(stacked["z"]) * (0.5 if average else 1.0)
+    assert rel_err(out, two_scans) < 2e-6
+    assert rel_err(states, torch.stack([s_f, s_r])) < 2e-6
+
+    # And both against float64 oracles, gradients included.
+    def oracle_direction(i, order):
+        time = (lambda k: stacked[k][i]) if bc == "constant" else (lambda k: order(stacked[k][i]))
+        return oracle(order(stacked["u"][i]), order(stacked["delta"][i]), stacked["A"][i], time("B"), time("C"),
+                      stacked["D"][i], None, stacked["delta_bias"][i], True, stacked["initial_state"][i])
+
+    o_f, os_f = oracle_direction(0, lambda t: t)
+    o_r, os_r = oracle_direction(1, flip)
+    ref = (o_f + flip(o_r)) * F.silu(stacked["z"].double()) * (0.5 if average else 1.0)
+    ref_states = torch.stack([os_f, os_r])
+    assert rel_err(out, ref) < 2e-5 and rel_err(states, ref_states) < 2e-5
+    g = torch.Generator().manual_seed(2)
+    grad_out, grad_states = torch.randn(out.shape, generator=g), torch.randn(states.shape, generator=g)
+    names = list(leaves)
+    got = torch.autograd.grad((out, states), [leaves[n] for n in names], (grad_out, grad_states))
+    want = torch.autograd.grad((ref, ref_states), [leaves[n] for n in names], (grad_out.double(), grad_states.double()))
+    for name, a, b in zip(names, got, want):
+        assert rel_err(a, b) < 1e-4, (name, rel_err(a, b))
+
+
+TRANSPOSED_CHECK = """
+import os, sys, torch
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
+from test_selective_scan import make_inputs, oracle, rel_err, stack_directions
+from mambazoo_kernels import bidirectional_selective_scan, selective_scan
+from mambazoo_kernels.selective_scan import triton_fwd
+assert triton_fwd.TRANSPOSED
+args = make_inputs(2, 4, 37, 3, "grouped", 2, dtype=torch.float32, with_state=True)
+leaves = [v.requires_grad_() for v in args.values() if isinstance(v, torch.Tensor)]
+out, state = selective_scan(**args, return_final_state=True, backend="triton")
+ref, ref_state = oracle(*(args[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")),
+                        delta_softplus=True, h0=args["initial_state"])
+assert rel_err(out, ref) < 2e-5 and rel_err(state, ref_state) < 2e-5
+for a, b in zip(torch.autograd.grad(out.sum() + state.sum(), leaves),
+                torch.autograd.grad(ref.sum() + ref_state.sum(), leaves)):
+    assert rel_err(a, b) < 1e-4
+st = stack_directions(make_inputs(1, 4, 20, 2, "token", seed=1, dtype=torch.float32),
+                      make_inputs(1, 4, 20, 2, "token", seed=2, dtype=torch.float32))
+fused = bidirectional_selective_scan(**st, delta_softplus=True, backend="triton")
+assert rel_err(fused, bidirectional_selective_scan(**st, delta_softplus=True, backend="reference")) < 2e-5
+"""
+
+
+def test_transposed_piece_form_used_with_triton_3_6(tmp_path):
+    # Triton 3.6 (the GPU image) gets tiles loaded as transposed pieces (triton_fwd.TRANSPOSED);
+    # the interpreter checks that form's arithmetic in a fresh process.
+    script = tmp_path / "check.py"
+    script.write_text(TRANSPOSED_CHECK)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "MAMBAZOO_TRANSPOSED_PIECES": "1"}
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_selective_scan.py")
+    done = subprocess.run([sys.executable, str(script), here], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_auto_backend_keeps_cpu_tensors_on_the_reference(monkeypatch):
+    calls = []
+    monkeypatch.setattr(triton_op, "selective_scan_triton", lambda *a, **k: calls.append(1))
+    selective_scan(**make_inputs(1, 2, 5, 2, "token", dtype=torch.float32))
+    assert not calls
+
+
+def test_float64_is_refused_by_an_explicit_triton_backend():
+    with pytest.raises(NotImplementedError, match="float64"):
+        selective_scan(**make_inputs(1, 2, 5, 2, "token"), backend="triton")
+
+
+def test_importing_the_package_imports_no_triton():
+    code = "import sys, mambazoo_kernels; sys.exit('triton' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "0"}).returncode == 0

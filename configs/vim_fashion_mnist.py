@@ -90,10 +90,18 @@ default_hooks = dict(
     timer=dict(type="IterTimerHook"),
     logger=dict(type="LoggerHook", interval=50),  # its lines carry the ETA
     param_scheduler=dict(type="ParamSchedulerHook"),
-    checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=2),
+    # writes epoch_N.pth atomically (temp file + rename): a kill mid-save leaves no corrupt file
+    checkpoint=dict(type="AtomicCheckpointHook", interval=1, max_keep_ckpts=2),
     sampler_seed=dict(type="DistSamplerSeedHook"),
 )
-custom_hooks = [dict(type="TrainingCurvesHook"), dict(type="ProgressBarHook")]
+# NonFiniteLossHook stops on a NaN/inf loss before the poisoned weights are checkpointed;
+# EpochSeedHook seeds each epoch from (seed, epoch) so --resume reproduces the uninterrupted run.
+custom_hooks = [
+    dict(type="NonFiniteLossHook"),
+    dict(type="EpochSeedHook"),
+    dict(type="TrainingCurvesHook"),
+    dict(type="ProgressBarHook"),
+]
 log_processor = dict(by_epoch=True, window_size=50)
 visualizer = dict(type="Visualizer", vis_backends=[dict(type="LocalVisBackend")])
 env_cfg = dict(

@@ -1,4 +1,4 @@
-"""Loading mmengine's own run-state checkpoints on torch >= 2.6.
+"""Loading mmengine's own run-state checkpoints on torch >= 2.6, and writing them atomically.
 
 mmengine 0.10.7 reads local checkpoints with a bare ``torch.load``, whose default became
 ``weights_only=True`` in torch 2.6. The files mmengine itself writes (``epoch_N.pth``) carry the
@@ -12,13 +12,24 @@ executes anyway; every other local file keeps torch's weights-only default.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from pathlib import Path
 
 import torch
+from mmengine.fileio import LocalBackend, register_backend
+from mmengine.hooks import CheckpointHook
+from mmengine.registry import HOOKS
 from mmengine.runner import CheckpointLoader
 
-__all__ = ["load_trusted_checkpoint", "trust_checkpoints_under", "trusted_paths"]
+__all__ = [
+    "AtomicCheckpointHook",
+    "AtomicLocalBackend",
+    "load_trusted_checkpoint",
+    "trust_checkpoints_under",
+    "trusted_paths",
+]
 
 _TRUSTED: list[Path] = []
 
@@ -62,3 +73,55 @@ def trust_checkpoints_under(*paths: str | os.PathLike) -> None:
 def trusted_paths() -> tuple[Path, ...]:
     """The directories and files currently trusted, resolved."""
     return tuple(_TRUSTED)
+
+
+# --- atomic checkpoint files ------------------------------------------------------------------
+#
+# mmengine's CheckpointHook serialises the run state into memory and hands the bytes to the file
+# backend, whose local ``put`` opens ``epoch_N.pth`` with mode ``wb`` and writes into it. A run
+# killed (OOM killer, pre-emption, Ctrl-C) or failing (disk full) during that write leaves a
+# truncated ``epoch_N.pth`` under the final name, and ``--resume`` (or anyone loading it) then
+# fails on a corrupt file. The backend below writes the bytes to a hidden temporary file in the
+# same directory, fsyncs it and renames it over the final name with ``os.replace``, which is
+# atomic on POSIX within one file system: readers see either no file or the whole file, never
+# a partial one, and a failed write removes its temporary file. Note that mmengine deletes the
+# oldest kept checkpoint (``max_keep_ckpts``) before writing the new one, so keep
+# ``max_keep_ckpts >= 2`` to still hold a good checkpoint if a save fails.
+
+
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend whose ``put`` (checkpoint bytes) writes atomically."""
+
+    def put(self, obj: bytes, filepath: str | os.PathLike) -> None:
+        filepath = os.fspath(filepath)
+        directory = os.path.dirname(filepath) or "."
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".{os.path.basename(filepath)}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            with open(tmp, "xb") as f:
+                f.write(obj)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, filepath)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
+
+
+register_backend("atomic_local", AtomicLocalBackend, force=True)
+
+
+@HOOKS.register_module()
+class AtomicCheckpointHook(CheckpointHook):
+    """mmengine's ``CheckpointHook`` writing its files through :class:`AtomicLocalBackend`.
+
+    Same arguments as ``CheckpointHook``; when neither ``backend_args`` nor
+    ``file_client_args`` is given, ``backend_args=dict(backend="atomic_local")`` (checkpoints
+    on a local disk). Pass ``backend_args`` explicitly for remote storage.
+    """
+
+    def __init__(self, *args, backend_args: dict | None = None, file_client_args: dict | None = None, **kwargs):
+        if backend_args is None and file_client_args is None:
+            backend_args = dict(backend="atomic_local")
+        super().__init__(*args, backend_args=backend_args, file_client_args=file_client_args, **kwargs)

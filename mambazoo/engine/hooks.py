@@ -1,16 +1,82 @@
-"""mmengine hooks: training curves as PNG/JSON, and a tqdm progress bar."""
+"""mmengine hooks: training curves as PNG/JSON, a tqdm progress bar, a stop on a non-finite
+loss, and per-epoch seeding that makes ``--resume`` reproduce an uninterrupted run."""
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os.path as osp
+import random
 from typing import Any
 
+import numpy as np
 import torch
+from mmengine.dist import all_reduce, get_rank, get_world_size
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
+from mmengine.runner import find_latest_checkpoint
 
-__all__ = ["ProgressBarHook", "TrainingCurvesHook"]
+__all__ = ["EpochSeedHook", "NonFiniteLossHook", "ProgressBarHook", "TrainingCurvesHook"]
+
+
+@HOOKS.register_module()
+class NonFiniteLossHook(Hook):
+    """Stop training with a ``RuntimeError`` as soon as a loss is NaN or infinite.
+
+    Checked after every training iteration on every loss value the model returned (mmengine's
+    log vars, ``outputs["loss"]`` included). The priority runs it before the checkpoint hook, so
+    the poisoned weights (the optimizer already stepped on the NaN gradients) are never saved:
+    the newest checkpoint on disk stays the last good one, and the error names it, the
+    iteration, the epoch and the value. Under distributed training the ranks agree on the
+    verdict, so all of them stop together.
+    """
+
+    priority = "VERY_HIGH"
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        bad = {k: _scalar(v) for k, v in (outputs or {}).items() if _is_number(v) and not math.isfinite(_scalar(v))}
+        if get_world_size() > 1:
+            flag = torch.tensor(float(bool(bad)), device=_device_of(outputs))
+            all_reduce(flag)
+            if flag.item() and not bad:
+                bad = {"loss": "non-finite on another rank"}
+        if not bad:
+            return
+        last = runner.message_hub.get_info("last_ckpt") or find_latest_checkpoint(runner.work_dir)
+        values = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise RuntimeError(
+            f"non-finite training loss at iteration {runner.iter + 1} (epoch {runner.epoch + 1}, "
+            f"batch {batch_idx + 1}/{len(runner.train_dataloader)}): {values}. Training stopped "
+            "without saving the poisoned weights; the last good checkpoint is kept: "
+            f"{last or 'none was saved yet'}"
+        )
+
+
+@HOOKS.register_module()
+class EpochSeedHook(Hook):
+    """Seed Python's, NumPy's and torch's global RNGs at the start of every training epoch.
+
+    mmengine checkpoints do not carry the global RNG states, and the validation loop between
+    an epoch's checkpoint and the next epoch draws from torch's RNG too (each DataLoader
+    iterator draws its base seed), so a resumed run would augment (random flips, colour
+    jitter with ``num_workers=0``; worker seeds otherwise) and drop differently from an
+    uninterrupted one. Seeding each epoch from ``(runner.seed, epoch[, rank])`` makes an
+    epoch's random stream independent of what ran before it: ``--resume`` after epoch N
+    reproduces epochs N+1... exactly. The seed is mixed through NumPy's ``SeedSequence`` so it
+    does not coincide with the sampler's ``seed + epoch`` shuffle generator.
+    """
+
+    priority = "VERY_HIGH"
+
+    def before_train_epoch(self, runner) -> None:
+        entropy = [runner.seed, runner.epoch]
+        if runner._randomness_cfg.get("diff_rank_seed", False):
+            entropy.append(get_rank())
+        state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
+        seed = int(state[0]) << 32 | int(state[1])
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
 
 
 @HOOKS.register_module()
@@ -189,6 +255,15 @@ class ProgressBarHook(Hook):
 
 def _scalar(value) -> float:
     return value.detach().item() if isinstance(value, torch.Tensor) else float(value)
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, torch.Tensor) and value.numel() == 1) or isinstance(value, (int, float))
+
+
+def _device_of(outputs) -> torch.device:
+    tensors = [v for v in (outputs or {}).values() if isinstance(v, torch.Tensor)]
+    return tensors[0].device if tensors else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _float_items(metrics: dict | None) -> dict[str, float]:

@@ -25,4 +25,10 @@ def select_backend(op: str, requested: Optional[str], device: torch.device, has_
         return "triton" if has_triton and device.type == "cuda" else "reference"
     if choice == "triton" and not has_triton:
         raise NotImplementedError(f"{op} has no Triton kernel yet; use backend='reference'")
+    if choice == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        # Triton runs CPU tensors only in its interpreter; without it the launch fails obscurely.
+        raise ValueError(
+            f"{op}: backend='triton' needs CUDA tensors (got {device}), or TRITON_INTERPRET=1 set "
+            "before Triton is imported; use backend='reference' on the CPU"
+        )
     return choice

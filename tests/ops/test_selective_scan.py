@@ -227,3 +227,9 @@ def test_bidirectional_bad_input_names_the_argument():
         bidirectional_selective_scan(**dict(stacked, u=stacked["u"][0]))
     with pytest.raises(ValueError, match=r"A must have shape \(2, dim, d_state\)"):
         bidirectional_selective_scan(**dict(stacked, A=stacked["A"][0]))
+
+
+def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match=r"backend='triton' needs CUDA tensors \(got cpu\)"):
+        selective_scan(**valid_args(), backend="triton")

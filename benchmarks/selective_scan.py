@@ -62,14 +62,15 @@ BYTES_PER_S = 4.22e12  # device-to-device copy, read + write
 ISSUE_TARGETS = {"fwd": {"vim_s_224": 4.0, "default": 2.0}, "fwdbwd": {"vim_s_224": 2.5, "default": 2.0},
                  "bidir": 1.8}
 
-# Tilings tried by the time phase: (chunk, fwd_vec, fwd_warps, bwd_vec, bwd_warps); "auto" is
+# Tilings tried by the time phase: (chunk, fwd_tile, fwd_warps, bwd_vec, bwd_warps); "auto" is
 # triton_op.default_config (per length).
 CONFIGS = {
     "c64": (64, 8, 4, 8, 4),
-    "c32": (32, 8, 4, 4, 4),
     "c16": (16, 8, 4, 4, 4),
-    "c64w": (64, 16, 4, 8, 8),
+    "t16": (64, 16, 4, 8, 4),
+    "w2": (64, 8, 2, 8, 4),
 }
+BACKWARD = "--forward-only" not in sys.argv
 
 
 def device():
@@ -149,11 +150,11 @@ def phase_warmup(configs, log):
     specs = {(name, False): CONFIGS[name] for name in configs}
     for shape, _, _ in SHAPES.values():
         auto = triton_op.default_config(shape[2])
-        spec = (auto.chunk, auto.fwd_vec, auto.fwd_warps, auto.bwd_vec, auto.bwd_warps)
+        spec = (auto.chunk, auto.fwd_tile, auto.fwd_warps, auto.bwd_vec, auto.bwd_warps)
         specs[(spec, False)] = spec
         specs[(spec, True)] = spec
-    jobs = sorted({(spec, bidir, kind) for (_, bidir), spec in specs.items()
-                   for kind in ("fwd", "fwd_state", "bwd", "bwd_state")})
+    kinds = ("fwd", "fwd_state", "bwd", "bwd_state") if BACKWARD else ("fwd", "fwd_state")
+    jobs = sorted({(spec, bidir, kind) for (_, bidir), spec in specs.items() for kind in kinds})
     start = time.time()
     if DRY:
         for job in jobs[:2]:
@@ -196,13 +197,13 @@ def phase_check(shapes, log):
     results = {}
     for name, (shape, _, _) in shapes.items():
         start = time.time()
-        results[name] = check_against_reference(shape)
+        results[name] = check_against_reference(shape, with_grad=BACKWARD)
         log(f"  {name:11s} single {fmt_errors(results[name])} ({time.time() - start:.1f} s)")
         torch.cuda.empty_cache() if not DRY else None
     for name in ("vim_s_224", "dna_131k"):
         if name in shapes:
             start = time.time()
-            results[name + "_bidir"] = check_against_reference(shapes[name][0], bidirectional=True)
+            results[name + "_bidir"] = check_against_reference(shapes[name][0], bidirectional=True, with_grad=BACKWARD)
             log(f"  {name:11s} bidir  {fmt_errors(results[name + '_bidir'])} ({time.time() - start:.1f} s)")
     worst = max(v for r in results.values() for v in r.values())
     return {"errors": results, "worst": worst, "passed": worst < 2e-2}
@@ -243,6 +244,8 @@ def time_single(shape):
     args = make_args(batch, dim, length, d_state, seed=3)
     with torch.no_grad():
         fwd = bench(lambda: selective_scan(**args, backend="triton"))
+    if not BACKWARD:
+        return fwd, float("nan")
     gargs = make_args(batch, dim, length, d_state, seed=3, grad=True)
     dout = torch.randn(batch, dim, length, device=device(), dtype=torch.bfloat16)
 
@@ -270,6 +273,8 @@ def time_bidir(shape):
     with torch.no_grad():
         fused = bench(lambda: bidirectional_selective_scan(**args, average=True, backend="triton"))
         two = bench(lambda: two_single_calls(args))
+    if not BACKWARD:
+        return fused, two, float("nan"), float("nan")
     gargs = make_args(batch, dim, length, d_state, ndir=2, seed=4, grad=True)
     dout = torch.randn(batch, dim, length, device=device(), dtype=torch.bfloat16)
     fused_bwd = bench(lambda: bidirectional_selective_scan(**gargs, average=True, backend="triton").backward(dout),
@@ -295,7 +300,7 @@ def phase_time(shapes, configs, log):
             exp_f, mem_f = floors(shape, 1, False)
             exp_b, mem_b = floors(shape, 1, True)
             row["configs"][cname] = {
-                "spec": [auto.chunk, auto.fwd_vec, auto.fwd_warps, auto.bwd_vec, auto.bwd_warps] if spec is None else list(spec),
+                "spec": [auto.chunk, auto.fwd_tile, auto.fwd_warps, auto.bwd_vec, auto.bwd_warps] if spec is None else list(spec),
                 "fwd_ms": fwd, "fwdbwd_ms": fwdbwd,
                 "fwd_frac_exp": exp_f / fwd, "fwd_frac_mem": mem_f / fwd,
                 "fwdbwd_frac_exp": exp_b / fwdbwd, "fwdbwd_frac_mem": mem_b / fwdbwd,
@@ -410,6 +415,25 @@ def targets_met(rows):
     return met
 
 
+def kernel_resources():
+    """Registers, spills and shared memory of every compiled scan kernel (Triton's launch caches)."""
+    import gc
+
+    res = {}
+    for fn in gc.get_objects():
+        if type(fn).__name__ != "JITFunction" or not fn.__name__.startswith("ss_"):
+            continue
+        for cache in getattr(fn, "device_caches", {}).values():
+            for kernel in cache[0].values():
+                try:
+                    kernel._init_handles()
+                    entry = {"n_regs": kernel.n_regs, "n_spills": kernel.n_spills, "shared": kernel.metadata.shared}
+                except Exception as exc:  # a resource report only
+                    entry = {"error": repr(exc)}
+                res[f"{fn.__name__} #{len(res)}"] = entry
+    return res
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
@@ -417,6 +441,7 @@ def main():
     parser.add_argument("--configs", default="", help="tilings tried besides auto, e.g. c64,c32,c16")
     parser.add_argument("--shapes", default=None, help="comma-separated subset of " + ",".join(SHAPES))
     parser.add_argument("--dry-run", action="store_true", help="CPU, interpreter, tiny shapes")
+    parser.add_argument("--forward-only", action="store_true", help="no backward compile, check or timing")
     opts = parser.parse_args()
     os.makedirs(opts.out, exist_ok=True)
     shapes = DRY_SHAPES if DRY else SHAPES
@@ -459,6 +484,7 @@ def main():
                 rows = phase_time(shapes, configs, log)
                 report["phases"]["time"] = rows
                 report["targets"] = targets_met(rows)
+                save()
                 plot(rows, path + ".png")
             elif phase == "big":
                 report["phases"]["big"] = phase_big(log)
@@ -467,6 +493,13 @@ def main():
             report["phases"][phase] = {"error": traceback.format_exc()}
         log(f"   ({time.time() - start:.0f} s)")
         save()
+    if not DRY:
+        try:
+            report["kernels"] = kernel_resources()
+            for name, r in report["kernels"].items():
+                log(f"  kernel {name}: {r}")
+        except Exception:
+            log(traceback.format_exc())
     if "targets" in report:
         log("== targets (best tiling; auto in parentheses)")
         for name, t in report["targets"].items():

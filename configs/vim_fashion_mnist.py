@@ -103,7 +103,8 @@ custom_hooks = [
     dict(type="ProgressBarHook"),
 ]
 log_processor = dict(by_epoch=True, window_size=50)
-visualizer = dict(type="Visualizer", vis_backends=[dict(type="LocalVisBackend")])
+# scalars as JSON (<work_dir>/<timestamp>/vis_data/scalars.json) and TensorBoard events (same folder)
+visualizer = dict(type="Visualizer", vis_backends=[dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")])
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),

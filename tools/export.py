@@ -9,8 +9,12 @@ file, runs it on a fresh input (not the one the graph was traced with) and print
 difference to the eager model. Exits non-zero when a difference exceeds ``rtol`` times the
 largest eager output magnitude.
 
-- The graph is traced on the PyTorch reference kernels (``MAMBAZOO_KERNEL_BACKEND=reference``
-  while the tool runs): the Triton kernels are not registered as exportable ops.
+- The kernels are ``torch.library`` custom ops (``mambazoo::selective_scan``,
+  ``mambazoo::bidirectional_selective_scan``, ``mambazoo::causal_conv1d``): the .pt2 graph keeps
+  them as single nodes, so loading it needs ``import mambazoo_kernels`` (which registers them).
+  The tool traces with ``MAMBAZOO_KERNEL_BACKEND=reference``, so the nodes run the PyTorch
+  reference. For ONNX the nodes are decomposed into the reference's ATen ops
+  (``mambazoo_kernels.reference_decompositions()``) before conversion.
 - Shapes are static: the exported graph takes exactly ``(batch, in_chans, img, img)``. The
   reference scan unrolls its chunk loop from the sequence length, and picks its chunk size
   from the batch size, so neither can be symbolic yet.
@@ -46,6 +50,7 @@ import torch
 import torch.nn as nn
 
 import mambazoo  # noqa: F401  (registers the models)
+from mambazoo_kernels import reference_decompositions
 
 # mambazoo_kernels' documented backend override (reference / triton / auto).
 BACKEND_ENV = "MAMBAZOO_KERNEL_BACKEND"
@@ -120,7 +125,10 @@ def export_program(model: nn.Module, images: torch.Tensor, path: Path) -> torch.
 def export_onnx(
     model_or_program, images: torch.Tensor, path: Path, num_outputs: int, opset: Optional[int], optimize: bool = False,
 ) -> Path:
-    """Export to ONNX with the dynamo exporter (an ExportedProgram is converted as is).
+    """Export to ONNX with the dynamo exporter, from the model or its ExportedProgram.
+
+    The ``mambazoo::`` kernel ops are first decomposed into their PyTorch references (ONNX has
+    no counterpart for them).
 
     ``optimize`` runs onnxscript's graph optimizer; off by default: its time grows faster than
     linearly with Vim's unrolled scan graph (see the module docstring), and ONNX Runtime applies
@@ -133,8 +141,14 @@ def export_onnx(
     )
     output_names = ["output"] if num_outputs == 1 else [f"features_{i}" for i in range(num_outputs)]
     with torch.no_grad():
+        program = model_or_program
+        if not isinstance(program, torch.export.ExportedProgram):
+            program = torch.export.export(program, (images,))
+        table = torch.export.default_decompositions()
+        table.update(reference_decompositions())
+        program = program.run_decompositions(table)
         torch.onnx.export(
-            model_or_program, (images,), str(path), dynamo=True, opset_version=opset,
+            program, (images,), str(path), dynamo=True, opset_version=opset,
             input_names=["images"], output_names=output_names, optimize=optimize,
             external_data=parameter_bytes > _EXTERNAL_DATA_BYTES, verbose=False,
         )

@@ -3,10 +3,15 @@
 One public function per operation. Each validates its arguments and picks a backend: the Triton
 kernel for CUDA tensors where the op has one, the PyTorch reference everywhere else, or the one
 named by ``backend=`` / ``MAMBAZOO_KERNEL_BACKEND``. Importing this package imports no Triton
-module and makes no CUDA call.
+module and makes no CUDA call. The kernels run as ``torch.library`` custom ops (``mambazoo::``,
+see ``_library``), so ``torch.compile`` and ``torch.export`` see one op per kernel call;
+``reference_decompositions()`` turns them back into ATen ops for exporters like ONNX.
 """
+from ._library import reference_decompositions
 from .causal_conv1d import causal_conv1d
+from .decode import causal_conv1d_update, selective_state_update
 from .selective_scan import bidirectional_selective_scan, selective_scan
-from .ssd import ssd
+from .ssd import bidirectional_ssd, ssd
 
-__all__ = ["selective_scan", "bidirectional_selective_scan", "ssd", "causal_conv1d"]
+__all__ = ["selective_scan", "bidirectional_selective_scan", "ssd", "bidirectional_ssd", "causal_conv1d",
+           "selective_state_update", "causal_conv1d_update", "reference_decompositions"]

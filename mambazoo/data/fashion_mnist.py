@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 import timm.data
 import torchvision
+from PIL import Image
 from mmengine.registry import DATASETS
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "FASHION_MNIST_STD",
     "FashionMNISTDataset",
     "create_fashion_mnist_transform",
+    "export_fashion_mnist_image_folder",
     "prepare_fashion_mnist_root",
 ]
 
@@ -89,19 +91,21 @@ def prepare_fashion_mnist_root(
     return root
 
 
-def create_fashion_mnist_transform(**kwargs: Any) -> Callable:
+def create_fashion_mnist_transform(channels: int = 1, **kwargs: Any) -> Callable:
     """``timm.data.create_transform`` with Fashion-MNIST defaults.
 
-    Defaults: ``input_size=(1, 28, 28)``, the dataset's mean/std, no colour
-    jitter (grayscale), ``crop_pct=1.0`` (the images are already tight crops).
-    Any keyword of ``create_transform`` overrides them, e.g. ``is_training=True,
-    scale=(0.6, 1.0)`` or ``input_size=(1, 224, 224)`` to upsample. Output: a
-    float tensor ``(1, H, W)``.
+    Defaults: ``input_size=(channels, 28, 28)``, the dataset's mean/std (repeated per
+    channel), no colour jitter (grayscale), ``crop_pct=1.0`` (the images are already tight
+    crops). Any keyword of ``create_transform`` overrides them, e.g. ``is_training=True,
+    scale=(0.6, 1.0)`` or ``input_size=(3, 224, 224)`` to upsample. Output: a float tensor
+    ``(channels, H, W)``; ``channels=3`` expects RGB images (``FashionMNISTDataset(channels=3)``).
     """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
     options = dict(
-        input_size=(1, 28, 28),
-        mean=FASHION_MNIST_MEAN,
-        std=FASHION_MNIST_STD,
+        input_size=(channels, 28, 28),
+        mean=FASHION_MNIST_MEAN * channels,
+        std=FASHION_MNIST_STD * channels,
         color_jitter=None,
         crop_pct=1.0,
     )
@@ -126,6 +130,8 @@ class FashionMNISTDataset(torchvision.datasets.FashionMNIST):
         transform: a callable, or a dict of ``create_fashion_mnist_transform``
             keywords (config friendly); ``None`` means the eval transform.
         source_dir: where the gzipped files come from.
+        channels: 1 gives the transform PIL ``L`` images; 3 gives it the same image as
+            ``RGB`` (grey in three channels, for models with 3 input channels).
     """
 
     metainfo = dict(classes=tuple(torchvision.datasets.FashionMNIST.classes))
@@ -138,11 +144,15 @@ class FashionMNISTDataset(torchvision.datasets.FashionMNIST):
         num_samples: int | None = None,
         transform: Callable | Mapping[str, Any] | None = None,
         source_dir: str | os.PathLike = DEBIAN_FASHION_MNIST_DIR,
+        channels: int = 1,
     ) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
         if transform is None or isinstance(transform, Mapping):
-            transform = create_fashion_mnist_transform(**dict(transform or {}))
+            transform = create_fashion_mnist_transform(channels=channels, **dict(transform or {}))
+        self.channels = channels
         root = prepare_fashion_mnist_root(root, source_dir)
         super().__init__(str(root), train=split == "train", transform=transform, download=False)
         self.split = split
@@ -156,6 +166,14 @@ class FashionMNISTDataset(torchvision.datasets.FashionMNIST):
         self.data = self.data[start:stop]
         self.targets = self.targets[start:stop]
 
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = Image.fromarray(self.data[index].numpy())  # uint8 (28, 28): mode "L"
+        if self.channels == 3:
+            image = image.convert("RGB")
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.targets[index])
+
     @property
     def raw_folder(self) -> str:
         # torchvision names the folder after the class; keep its name for the subclass
@@ -164,3 +182,34 @@ class FashionMNISTDataset(torchvision.datasets.FashionMNIST):
     @property
     def processed_folder(self) -> str:
         return os.path.join(self.root, "FashionMNIST", "processed")
+
+
+def export_fashion_mnist_image_folder(
+    out_dir: str | os.PathLike,
+    splits: Mapping[str, tuple[str, int, int]],
+    root: str | os.PathLike = "data",
+    source_dir: str | os.PathLike = DEBIAN_FASHION_MNIST_DIR,
+    image_format: str = "png",
+) -> Path:
+    """Write Fashion-MNIST images as an ImageNet-layout folder tree of RGB image files.
+
+    ``splits`` maps an output split to ``(source split, start, num_samples)``, e.g.
+    ``{"train": ("train", 0, 500), "val": ("train", 55000, 100)}`` writes
+    ``out_dir/train/<class name>/<index>.png`` and ``out_dir/val/...``. Class folders are
+    named ``00_T-shirt_top`` ... ``09_Ankle_boot`` so their sorted order is the label order.
+    ``image_format``: ``"png"`` (lossless) or ``"jpeg"``. Returns ``out_dir``.
+    """
+    if image_format not in ("png", "jpeg"):
+        raise ValueError(f"image_format must be 'png' or 'jpeg', got {image_format!r}")
+    out_dir = Path(out_dir)
+    names = [f"{i:02d}_" + "".join(c if c.isalnum() else "_" for c in name).strip("_")
+             for i, name in enumerate(FashionMNISTDataset.metainfo["classes"])]
+    suffix = "png" if image_format == "png" else "jpg"
+    for out_split, (split, start, num_samples) in splits.items():
+        dataset = FashionMNISTDataset(root, split=split, start=start, num_samples=num_samples, source_dir=source_dir)
+        for name in names:
+            (out_dir / out_split / name).mkdir(parents=True, exist_ok=True)
+        for i, (pixels, label) in enumerate(zip(dataset.data, dataset.targets.tolist())):
+            image = Image.fromarray(pixels.numpy()).convert("RGB")
+            image.save(out_dir / out_split / names[label] / f"{start + i:05d}.{suffix}", format=image_format.upper())
+    return out_dir

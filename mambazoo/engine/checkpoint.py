@@ -26,6 +26,7 @@ from mmengine.runner import CheckpointLoader
 __all__ = [
     "AtomicCheckpointHook",
     "AtomicLocalBackend",
+    "checkpoint_weights",
     "load_trusted_checkpoint",
     "trust_checkpoints_under",
     "trusted_paths",
@@ -37,6 +38,34 @@ _TRUSTED: list[Path] = []
 def load_trusted_checkpoint(filename: str | os.PathLike, map_location=None):
     """``torch.load`` with ``weights_only=False``: only for checkpoints this project wrote."""
     return torch.load(filename, map_location=map_location, weights_only=False)
+
+
+def checkpoint_weights(checkpoint: dict, weights: str = "auto") -> tuple[dict, str]:
+    """The model weights to evaluate from a checkpoint this project's runs wrote.
+
+    mmengine's ``EMAHook`` saves the EMA weights as ``state_dict`` (so the file deploys as
+    is) and the raw training weights, ``module.``-prefixed, as ``ema_state_dict`` (with its
+    ``steps`` counter). Runs without EMA have ``state_dict`` only.
+
+    Args:
+        checkpoint: the loaded file (a dict with ``state_dict``).
+        weights: ``"auto"`` (EMA when the file has it, else the raw weights), ``"ema"``
+            (error when absent) or ``"raw"``.
+
+    Returns:
+        ``(state_dict, kind)`` with ``kind`` ``"ema"`` or ``"raw"``.
+    """
+    if weights not in ("auto", "ema", "raw"):
+        raise ValueError(f"weights must be 'auto', 'ema' or 'raw', got {weights!r}")
+    if "state_dict" not in checkpoint:
+        raise ValueError(f"not a run checkpoint: no 'state_dict' among its keys {sorted(checkpoint)}")
+    has_ema = "ema_state_dict" in checkpoint
+    if weights == "ema" and not has_ema:
+        raise ValueError("weights='ema' but the checkpoint has no EMA weights (the run had no EMAHook)")
+    if has_ema and weights == "raw":
+        raw = {k[len("module."):]: v for k, v in checkpoint["ema_state_dict"].items() if k.startswith("module.")}
+        return raw, "raw"
+    return checkpoint["state_dict"], "ema" if has_ema else "raw"
 
 
 def _is_trusted(filename: str) -> bool:

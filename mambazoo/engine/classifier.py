@@ -7,6 +7,8 @@ import timm
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModel
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
 from mmengine.registry import MODELS
 
 import mambazoo.models  # noqa: F401  (registers the zoo's models with timm)
@@ -23,7 +25,10 @@ class TimmClassifier(BaseModel):
     an int64 tensor ``(batch,)`` of class indices (``None`` when unlabelled).
 
     Modes:
-        ``"loss"``: ``{"loss": cross-entropy}`` (with ``label_smoothing``).
+        ``"loss"``: ``{"loss": cross-entropy}`` (with ``label_smoothing``). With ``mixup``,
+        in training mode, the batch is first mixed by timm's ``Mixup`` (MixUp / CutMix on
+        the whole batch, labels become smoothed soft targets) and the loss is timm's
+        ``SoftTargetCrossEntropy``, as in the DeiT/Vim recipes; the batch size must be even.
         ``"predict"``: one dict per image, ``pred_score`` (softmax, ``(num_classes,)``),
         ``pred_label`` and, when labelled, ``gt_label`` (ints), the format
         ``mambazoo.engine.Accuracy`` reads.
@@ -32,7 +37,11 @@ class TimmClassifier(BaseModel):
     Args:
         model_name: a timm model name (``import mambazoo`` names included).
         pretrained: passed to ``timm.create_model``.
-        label_smoothing: for the training loss.
+        label_smoothing: for the training loss (also the smoothing of Mixup's soft targets).
+        mixup: ``timm.data.Mixup`` keywords, e.g. ``dict(mixup_alpha=0.8, cutmix_alpha=1.0)``
+            (``num_classes`` and ``label_smoothing`` come from the model and this wrapper);
+            ``None``: no mixing. Its random draws use NumPy's global RNG, which
+            ``EpochSeedHook`` seeds per epoch, so resumed runs mix identically.
         **model_kwargs: passed to ``timm.create_model`` (``num_classes``,
             ``in_chans``, ``img_size``, ``drop_path_rate``, ...).
     """
@@ -42,6 +51,7 @@ class TimmClassifier(BaseModel):
         model_name: str,
         pretrained: bool = False,
         label_smoothing: float = 0.0,
+        mixup: dict | None = None,
         data_preprocessor: dict | None = None,
         init_cfg: dict | None = None,
         **model_kwargs: Any,
@@ -49,6 +59,12 @@ class TimmClassifier(BaseModel):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.model = timm.create_model(model_name, pretrained=pretrained, **model_kwargs)
         self.label_smoothing = label_smoothing
+        self.mixup = None
+        if mixup is not None:
+            if {"num_classes", "label_smoothing"} & set(mixup):
+                raise ValueError("mixup must not set num_classes or label_smoothing: they come from the model and label_smoothing")
+            self.mixup = Mixup(**mixup, label_smoothing=label_smoothing, num_classes=self.model.num_classes)
+            self.soft_target_loss = SoftTargetCrossEntropy()
 
     def forward(
         self,
@@ -56,14 +72,19 @@ class TimmClassifier(BaseModel):
         data_samples: torch.Tensor | None = None,
         mode: str = "tensor",
     ) -> dict[str, torch.Tensor] | list[dict[str, Any]] | torch.Tensor:
-        logits = self.model(inputs)
-        if mode == "tensor":
-            return logits
         if mode == "loss":
             if data_samples is None:
                 raise ValueError("mode='loss' needs data_samples (the labels)")
-            loss = F.cross_entropy(logits, data_samples, label_smoothing=self.label_smoothing)
+            if self.mixup is not None and self.training:
+                if inputs.shape[0] % 2:
+                    raise ValueError(f"Mixup needs an even batch size, got {inputs.shape[0]} (set drop_last=True)")
+                inputs, soft_targets = self.mixup(inputs, data_samples)
+                return {"loss": self.soft_target_loss(self.model(inputs), soft_targets)}
+            loss = F.cross_entropy(self.model(inputs), data_samples, label_smoothing=self.label_smoothing)
             return {"loss": loss}
+        logits = self.model(inputs)
+        if mode == "tensor":
+            return logits
         if mode == "predict":
             scores = logits.float().softmax(dim=-1).cpu()
             labels = scores.argmax(dim=-1).tolist()

@@ -1,5 +1,6 @@
 """mmengine hooks: training curves as PNG/JSON, a tqdm progress bar, a stop on a non-finite
-loss, and per-epoch seeding that makes ``--resume`` reproduce an uninterrupted run."""
+loss, per-epoch seeding that makes ``--resume`` reproduce an uninterrupted run, and the
+training throughput / peak GPU memory of a run."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +8,7 @@ import json
 import math
 import os.path as osp
 import random
+import time
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import find_latest_checkpoint
 
-__all__ = ["EpochSeedHook", "NonFiniteLossHook", "ProgressBarHook", "TrainingCurvesHook"]
+__all__ = ["EpochSeedHook", "NonFiniteLossHook", "ProgressBarHook", "ThroughputHook", "TrainingCurvesHook"]
 
 
 @HOOKS.register_module()
@@ -251,6 +253,83 @@ class ProgressBarHook(Hook):
 
     def after_run(self, runner) -> None:
         self._close()
+
+
+@HOOKS.register_module()
+class ThroughputHook(Hook):
+    """Training images per second (all ranks together) and peak GPU memory of the run.
+
+    Times the training iterations of every epoch from the start of its ``warmup + 1``-th
+    iteration to the end of the epoch (data loading included; validation, checkpointing
+    and the first ``warmup`` iterations of each epoch, which hold compilation/autotuning and
+    worker start-up, excluded), synchronising CUDA at both ends. At the end of training it
+    logs ``train throughput: N img/s`` and, on CUDA, ``torch.cuda.max_memory_allocated`` of
+    this rank, and stores them in the message hub's info ``"train_throughput"`` (dict:
+    ``images_per_second``, ``images``, ``seconds``, ``peak_memory_gib`` or ``None``), which
+    ``tools/train.py`` adds to ``test_metrics.json``.
+
+    Args:
+        warmup: iterations skipped at the start of each epoch.
+    """
+
+    priority = "VERY_LOW"
+
+    def __init__(self, warmup: int = 5) -> None:
+        if warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {warmup!r}")
+        self.warmup = warmup
+        self.images = 0
+        self.seconds = 0.0
+        self._start = None
+
+    def before_train(self, runner) -> None:
+        self.images, self.seconds, self._start = 0, 0.0, None
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        if batch_idx == self.warmup:
+            _synchronize()
+            self._start = time.perf_counter()
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self._start is not None:
+            self.images += _batch_size(data_batch) * get_world_size()
+
+    def after_train_epoch(self, runner) -> None:
+        if self._start is not None:
+            _synchronize()
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
+
+    def after_train(self, runner) -> None:
+        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        result = {
+            "images_per_second": self.images / self.seconds if self.seconds else None,
+            "images": self.images,
+            "seconds": round(self.seconds, 3),
+            "peak_memory_gib": None if peak is None else round(peak, 3),
+        }
+        runner.message_hub.update_info("train_throughput", result)
+        if result["images_per_second"] is None:
+            runner.logger.info(f"train throughput: not measured (no epoch had more than {self.warmup} iterations)")
+        else:
+            runner.logger.info(
+                f"train throughput: {result['images_per_second']:.1f} img/s over {self.images} images "
+                f"({self.seconds:.1f} s, first {self.warmup} iterations of each epoch excluded)"
+                + ("" if peak is None else f"; peak GPU memory {peak:.2f} GiB (max_memory_allocated, rank {get_rank()})")
+            )
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def _batch_size(data_batch) -> int:
+    """Images in a batch: ``(inputs, labels)`` tuples, or mmengine's ``dict(inputs=...)``."""
+    inputs = data_batch["inputs"] if isinstance(data_batch, dict) else data_batch[0]
+    return inputs.shape[0] if isinstance(inputs, torch.Tensor) else len(inputs)
 
 
 def _scalar(value) -> float:

@@ -4,12 +4,38 @@ from __future__ import annotations
 import copy
 
 import timm.optim
+import torch
 import torch.nn as nn
 from mmengine.model import is_model_wrapper
-from mmengine.optim import OptimWrapper
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
 
-__all__ = ["TimmOptimWrapperConstructor"]
+__all__ = ["AutocastOptimWrapper", "TimmOptimWrapperConstructor"]
+
+
+@OPTIM_WRAPPERS.register_module()
+class AutocastOptimWrapper(AmpOptimWrapper):
+    """mmengine's ``AmpOptimWrapper`` that also runs on a machine without an accelerator.
+
+    With CUDA (or another device mmengine's wrapper accepts) it *is* ``AmpOptimWrapper``,
+    argument for argument: autocast to ``dtype`` around forward and loss, a ``GradScaler``
+    (``loss_scale``), its state in the checkpoint, gradients unscaled before clipping.
+    mmengine's class refuses to be built without a GPU; on CPU this one autocasts to
+    bfloat16 (the only CPU autocast dtype; fp16 raises ``ValueError``) with no loss scaling
+    (a disabled scaler: bf16 has fp32's exponent range), so the same recipe runs in CPU tests.
+    The selective-scan state and accumulation stay fp32 under autocast (the kernels' contract).
+    """
+
+    def __init__(self, loss_scale="dynamic", dtype=None, use_fsdp: bool = False, **kwargs) -> None:
+        if torch.cuda.is_available():
+            super().__init__(loss_scale=loss_scale, dtype=dtype, use_fsdp=use_fsdp, **kwargs)
+            return
+        if dtype not in (None, "bfloat16", torch.bfloat16):
+            raise ValueError(f"dtype must be 'bfloat16' for CPU autocast, got {dtype!r}")
+        OptimWrapper.__init__(self, **kwargs)
+        self._scale_update_param = None
+        self.loss_scaler = torch.amp.GradScaler("cpu", enabled=False)
+        self.cast_dtype = torch.bfloat16
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()

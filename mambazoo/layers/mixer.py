@@ -10,14 +10,16 @@ Layouts: the mixers take and return ``(batch, length, d_model)``; inside, channe
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Set, Tuple, Union
+from typing import NamedTuple, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-from mambazoo_kernels import bidirectional_selective_scan, causal_conv1d, selective_scan
+from mambazoo_kernels import (
+    bidirectional_selective_scan, causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update,
+)
 
 __all__ = ["MambaMixer", "BidirectionalMambaMixer"]
 
@@ -199,6 +201,41 @@ class MambaMixer(nn.Module):
         x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
         y = self._mix(x, z)
         return self.out_proj(y.transpose(1, 2))
+
+    def allocate_inference_cache(
+        self, batch_size: int, dtype: Optional[torch.dtype] = None, device: Optional[torch.device] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Zero states for :meth:`step`: ``conv_state`` ``(batch, d_inner, d_conv)`` in ``dtype``
+        (default: the conv weight's) and ``ssm_state`` ``(batch, d_inner, d_state)`` in fp32 (fp64
+        for an fp64 module), on ``device`` (default: the parameters')."""
+        if len(self.directions) != 1:
+            raise NotImplementedError(f"{type(self).__name__} scans both directions and cannot decode token by token")
+        weight = self.conv1d.weight
+        device = weight.device if device is None else device
+        conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, dtype=dtype or weight.dtype, device=device)
+        ssm_dtype = torch.promote_types(self.A_log.dtype, torch.float32)
+        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, dtype=ssm_dtype, device=device)
+        return conv_state, ssm_state
+
+    def step(self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+        """One token of recurrent generation (mamba_ssm's ``Mamba.step``).
+
+        ``hidden_states`` ``(batch, 1, d_model)`` -> ``(batch, 1, d_model)``; ``conv_state`` and
+        ``ssm_state`` (from :meth:`allocate_inference_cache`) are updated in place, so stepping
+        through a sequence reproduces :meth:`forward` token by token.
+        """
+        if len(self.directions) != 1:
+            raise NotImplementedError(f"{type(self).__name__} scans both directions and cannot decode token by token")
+        if hidden_states.dim() != 3 or hidden_states.shape[1] != 1:
+            raise ValueError(f"hidden_states must have shape (batch, 1, d_model), got {tuple(hidden_states.shape)}")
+        x, z = self.in_proj(hidden_states[:, 0]).chunk(2, dim=-1)  # (batch, d_inner) each
+        u = causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, activation="silu")
+        dt, B, C = F.linear(u, self.x_proj.weight).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        y = selective_state_update(
+            ssm_state, u, F.linear(dt, self.dt_proj.weight), -torch.exp(self.A_log.float()), B, C,
+            D=self.D.float(), z=z, dt_bias=self.dt_proj.bias.float(), dt_softplus=True,
+        )
+        return self.out_proj(y).unsqueeze(1)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}"

@@ -1,2 +1,2 @@
 """The model families, one file each; importing this registers them with timm."""
-from . import vim  # noqa: F401
+from . import vim, vim2  # noqa: F401

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -47,7 +47,7 @@ except ImportError:  # timm < 1.0.30 keeps no record of the current input size
     def update_model_input_size(model: nn.Module, img_size, **model_args) -> None:
         pass
 
-from ..layers import BidirectionalMambaMixer, MambaBlock, MambaMixer, add_and_norm
+from ..layers import BidirectionalMambaMixer, MambaBlock, add_and_norm
 
 __all__ = ["Vim", "checkpoint_filter_fn", "resample_pos_embed", "select_checkpoint_weights"]
 
@@ -201,6 +201,9 @@ class Vim(nn.Module):
         drop_rate: Dropout before the classifier.
         pos_drop_rate: Dropout after the position embedding (the official ``drop_rate``).
         drop_path_rate: Stochastic depth, rising linearly to this rate over the blocks.
+        mixer_layer: Builds each block's mixer as ``mixer_layer(embed_dim, device=, dtype=)``;
+            ``None`` is Vim's bidirectional Mamba-1 mixer from ``d_state``, ``expand``, ``d_conv``
+            (other families, e.g. vim2, pass their own mixer and leave those three unused).
     """
 
     def __init__(
@@ -222,6 +225,7 @@ class Vim(nn.Module):
         drop_rate: float = 0.0,
         pos_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        mixer_layer: Optional[Callable[..., nn.Module]] = None,
         device=None,
         dtype=None,
     ):
@@ -249,7 +253,8 @@ class Vim(nn.Module):
         # Block i adds the previous block's mixer output to the residual, so the stochastic depth
         # of mixer i sits in block i + 1 and the last one in the final add (official schedule).
         drop_path_rates = [0.0] + calculate_drop_path_rates(drop_path_rate, depth)
-        mixer_layer = partial(BidirectionalMambaMixer, d_state=d_state, d_conv=d_conv, expand=expand)
+        if mixer_layer is None:
+            mixer_layer = partial(BidirectionalMambaMixer, d_state=d_state, d_conv=d_conv, expand=expand)
         self.layers = nn.ModuleList([
             MambaBlock(
                 embed_dim, mixer_layer=mixer_layer, norm_layer=RmsNorm, norm_eps=norm_eps,
@@ -287,7 +292,7 @@ class Vim(nn.Module):
         for module in self.modules():
             if module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-            if isinstance(module, MambaMixer):
+            if hasattr(module, "reset_ssm_parameters"):  # the mixers
                 module.reset_ssm_parameters()
         self._init_official()
 
@@ -300,7 +305,7 @@ class Vim(nn.Module):
         """
         names = {"pos_embed", "cls_token"}
         for module_name, module in self.named_modules():
-            if isinstance(module, MambaMixer):
+            if module is not self and hasattr(module, "no_weight_decay"):  # the mixers
                 names.update(f"{module_name}.{name}" for name in module.no_weight_decay())
         return names
 

@@ -141,3 +141,28 @@ def test_checkpoint_trust_is_scoped_to_the_work_dir(tmp_path, monkeypatch):
     assert _load_checkpoint(str(inside))["meta"] == {"epoch": 1}
     with pytest.raises(Exception, match="[Ww]eights only load failed"):
         _load_checkpoint(str(outside))
+
+
+def test_layer_decay_groups_are_what_the_model_declares():
+    """Each parameter's lr is base * decay ** (depth - layer id) with the layer ids the model's
+    group_matcher declares under timm's grouping rules (stem 0, layers.i -> i + 1, norm_f's (99999,)
+    key its own group after the last block, head unmatched -> the top, depth + 1), and the weight decay is 0 exactly on 1-D parameters and no_weight_decay() names."""
+    model = TimmClassifier(**{**TINY_VIM, "depth": 3})
+    decay, depth = 0.5, 3
+    optimizer = TimmOptimWrapperConstructor(
+        dict(optimizer=dict(type="adamw", lr=1e-3, weight_decay=0.05)), paramwise_cfg=dict(layer_decay=decay)
+    )(model).optimizer
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    no_decay = model.model.no_weight_decay()
+    for name, param in model.model.named_parameters():
+        if name.startswith(("cls_token", "pos_embed", "patch_embed")):
+            layer = 0
+        elif name.startswith("layers."):
+            layer = int(name.split(".")[1]) + 1
+        else:
+            assert name.startswith(("norm_f", "head")), name
+            layer = depth + 1
+        group = group_of[id(param)]
+        assert group["lr"] == pytest.approx(1e-3 * decay ** (depth + 1 - layer)), name
+        expected_wd = 0.0 if (param.ndim <= 1 or name in no_decay) else 0.05
+        assert group["weight_decay"] == expected_wd, name

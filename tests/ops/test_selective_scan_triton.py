@@ -207,7 +207,7 @@ def test_transposed_piece_form_used_with_triton_3_6(tmp_path):
 
 def test_auto_backend_keeps_cpu_tensors_on_the_reference(monkeypatch):
     calls = []
-    monkeypatch.setattr(triton_op, "selective_scan_triton", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(triton_op, "scan_forward", lambda *a, **k: calls.append(1))
     selective_scan(**make_inputs(1, 2, 5, 2, "token", dtype=torch.float32))
     assert not calls
 

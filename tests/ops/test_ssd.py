@@ -1,21 +1,24 @@
-"""The SSD (Mamba-2) reference against an independent float64 step-by-step recurrence."""
+"""The SSD (Mamba-2) references, single and bidirectional, against an independent float64
+step-by-step recurrence."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mambazoo_kernels import ssd
+from mambazoo_kernels import bidirectional_ssd, ssd
 from mambazoo_kernels.ssd.reference import segment_sum
 
 GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 
 
 def oracle(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
-           dt_limit=(0.0, math.inf), initial_states=None, seq_idx=None):
+           dt_limit=(0.0, math.inf), initial_states=None, seq_idx=None, reverse=False):
     """s[t] = exp(dt A) s[t-1] + dt B x; y = C.s + D x; out = y silu(z), one token at a time, float64.
 
     A change of seq_idx between t-1 and t zeroes s[t-1]. Returns (out, state after the last token).
+    With ``reverse`` the tokens are visited from the last to the first (``t-1`` above is then the
+    token after ``t``), and the returned state is the one after the first token.
     """
     x, dt, A, B, C = (t.double() for t in (x, dt, A, B, C))
     batch, length, heads, headdim = x.shape
@@ -32,14 +35,17 @@ def oracle(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
         s = torch.zeros(batch, heads, headdim, B.shape[-1], dtype=torch.float64)
     else:
         s = initial_states.double()
-    ys = []
-    for t in range(length):
-        if seq_idx is not None and t > 0:
-            same = (seq_idx[:, t] == seq_idx[:, t - 1]).double()
+    ys = [None] * length
+    order = range(length - 1, -1, -1) if reverse else range(length)
+    previous = None
+    for t in order:
+        if seq_idx is not None and previous is not None:
+            same = (seq_idx[:, t] == seq_idx[:, previous]).double()
             s = s * same[:, None, None, None]
         decay = torch.exp(dt[:, t] * A)[:, :, None, None]
         s = decay * s + (dt[:, t, :, None] * x[:, t])[..., None] * B_head[:, t, :, None, :]
-        ys.append((s * C_head[:, t, :, None, :]).sum(-1))
+        ys[t] = (s * C_head[:, t, :, None, :]).sum(-1)
+        previous = t
     y = torch.stack(ys, dim=1)
     if D is not None:
         D = D.double()
@@ -322,3 +328,210 @@ BAD_INPUTS = [
 def test_bad_input_raises_before_running(override, error, match):
     with pytest.raises(error, match=match):
         ssd(**_valid(**override))
+
+
+# --- bidirectional_ssd ------------------------------------------------------------------------
+
+BI_GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+
+
+def bidirectional_oracle(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                         dt_limit=(0.0, math.inf), initial_states=None, seq_idx=None, average=False):
+    """Two step recurrences, left to right and right to left, each with its own parameters;
+    out = (y_fwd + y_rev) [/ 2] * silu(z). Returns (out, (2, ...) final states)."""
+    ys, finals = [], []
+    for d in range(2):
+        per_direction = lambda t: None if t is None else t[d]  # noqa: E731
+        shared_or_own = lambda t: t if t.dim() == 4 else t[d]  # noqa: E731
+        y, final = oracle(
+            shared_or_own(x), dt[d], A[d], shared_or_own(B), shared_or_own(C), per_direction(D), None,
+            per_direction(dt_bias), dt_softplus, dt_limit, per_direction(initial_states), seq_idx, reverse=d == 1,
+        )
+        ys.append(y)
+        finals.append(final)
+    y = (ys[0] + ys[1]) * (0.5 if average else 1.0)
+    if z is not None:
+        y = y * z.double() * torch.sigmoid(z.double())
+    return y, torch.stack(finals)
+
+
+def make_bi_inputs(batch, length, heads, headdim, groups, d_state, chunk_size, *, shared_x=True, shared_bc=True,
+                   average=False, seed=0, dtype=torch.float64, **variant):
+    """Per-direction arguments stacked from two independent single-direction draws."""
+    draws = [make_inputs(batch, length, heads, headdim, groups, d_state, chunk_size, dtype=dtype, seed=seed + d,
+                         **variant) for d in range(2)]
+    args = dict(draws[0])
+    for name in ("dt", "A", "D", "dt_bias", "initial_states"):
+        if args[name] is not None:
+            args[name] = torch.stack([draws[0][name], draws[1][name]])
+    for name, shared in (("x", shared_x), ("B", shared_bc), ("C", shared_bc)):
+        if not shared:
+            args[name] = torch.stack([draws[0][name], draws[1][name]])
+    args["average"] = average
+    return args
+
+
+def run_bi_both(args, seed=1):
+    """Outputs, final states and input gradients of bidirectional_ssd and of the oracle."""
+    oracle_args = {k: v for k, v in args.items() if k != "chunk_size"}
+    results = []
+    for fn, kwargs in ((bidirectional_ssd, dict(args, return_final_states=True)), (bidirectional_oracle, oracle_args)):
+        leaves = {k: kwargs[k].detach().clone().requires_grad_() for k in BI_GRAD_NAMES if kwargs.get(k) is not None}
+        out, final = fn(**{**kwargs, **leaves})
+        g = torch.Generator().manual_seed(seed)
+        loss = (out.double() * torch.randn(out.shape, generator=g, dtype=torch.float64)).sum()
+        loss = loss + (final.double() * torch.randn(final.shape, generator=g, dtype=torch.float64)).sum()
+        loss.backward()
+        results.append((out.detach(), final.detach(), {k: v.grad for k, v in leaves.items()}))
+    return results
+
+
+BI_CASES = [
+    # batch, length, heads, headdim, groups, d_state, chunk_size
+    (1, 1, 2, 3, 1, 4, 4),     # L = 1, batch 1
+    (2, 16, 2, 4, 1, 4, 16),   # exactly one chunk
+    (2, 29, 4, 3, 2, 5, 8),    # ragged last chunk, groups > 1
+    (3, 13, 4, 2, 4, 6, 1),    # chunk of one token
+]
+BI_LAYOUTS = {
+    "shared_x_bc": dict(),
+    "own_bc": dict(shared_bc=False),
+    "own_x_bc": dict(shared_x=False, shared_bc=False),
+    "own_x": dict(shared_x=False),
+}
+
+
+@pytest.mark.parametrize("batch,length,heads,headdim,groups,d_state,chunk_size", BI_CASES)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("layout", list(BI_LAYOUTS))
+def test_bidirectional_matches_recurrence_float64(batch, length, heads, headdim, groups, d_state, chunk_size,
+                                                  variant, layout):
+    args = make_bi_inputs(batch, length, heads, headdim, groups, d_state, chunk_size, average=variant == "full",
+                          **BI_LAYOUTS[layout], **VARIANTS[variant])
+    (out, final, grads), (ref_out, ref_final, ref_grads) = run_bi_both(args)
+    assert out.shape == (batch, length, heads, headdim) and final.shape == (2, batch, heads, headdim, d_state)
+    assert out.dtype == final.dtype == torch.float64
+    # Float64 on both sides, the same bounds as the single-direction test.
+    assert rel_err(out, ref_out) < 1e-12
+    assert rel_err(final, ref_final) < 1e-12
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        assert rel_err(grads[name], ref_grads[name]) < 1e-9, name
+
+
+def test_bidirectional_is_two_explicit_scans():
+    """Direction 1 is ssd on the flipped sequence, flipped back; the halving and the gate act on the sum."""
+    args = make_bi_inputs(2, 21, 4, 3, 2, 5, 8, shared_bc=False, D="channel", z=True, bias=True, state=True)
+    out, final = bidirectional_ssd(**args, return_final_states=True)
+    common = dict(chunk_size=8, dt_softplus=True, return_final_states=True)
+    fwd, fwd_final = ssd(args["x"], args["dt"][0], args["A"][0], args["B"][0], args["C"][0], D=args["D"][0],
+                         dt_bias=args["dt_bias"][0], initial_states=args["initial_states"][0], **common)
+    flip = lambda t: t.flip(1)  # noqa: E731
+    rev, rev_final = ssd(flip(args["x"]), flip(args["dt"][1]), args["A"][1], flip(args["B"][1]), flip(args["C"][1]),
+                         D=args["D"][1], dt_bias=args["dt_bias"][1], initial_states=args["initial_states"][1], **common)
+    expected = (fwd + flip(rev)) * F.silu(args["z"])
+    assert rel_err(out, expected) < 1e-12
+    assert rel_err(final, torch.stack([fwd_final, rev_final])) < 1e-12
+    averaged = bidirectional_ssd(**dict(args, average=True))
+    assert rel_err(averaged, expected / 2) < 1e-12
+
+
+@pytest.mark.parametrize("chunk_size", [4, 32])
+def test_bidirectional_state_does_not_cross_sequences(chunk_size):
+    """A packed row equals each sequence run alone in both directions: the forward initial state
+    reaches only the first sequence, the reversed one only the last."""
+    lengths = [8, 11, 1, 10]
+    args = make_bi_inputs(1, sum(lengths), 4, 3, 2, 5, chunk_size, shared_bc=False, D="head", z=True, bias=True,
+                          state=True)
+    args["seq_idx"] = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))[None]
+    out, final = bidirectional_ssd(**args, return_final_states=True)
+    start = 0
+    alone_finals = []
+    for i, n in enumerate(lengths):
+        piece = dict(x=args["x"][:, start:start + n], dt=args["dt"][:, :, start:start + n],
+                     B=args["B"][:, :, start:start + n], C=args["C"][:, :, start:start + n],
+                     z=args["z"][:, start:start + n])
+        first, last = i == 0, i == len(lengths) - 1
+        states = torch.stack([args["initial_states"][0] * first, args["initial_states"][1] * last])
+        alone, alone_final = bidirectional_ssd(**{**args, **piece, "seq_idx": None, "initial_states": states},
+                                               return_final_states=True)
+        assert rel_err(out[:, start:start + n], alone) < 1e-12, i
+        alone_finals.append(alone_final)
+        start += n
+    # Forward ends in the last sequence; the reversed direction ends (after the first token) in the first.
+    assert rel_err(final[0], alone_finals[-1][0]) < 1e-12
+    assert rel_err(final[1], alone_finals[0][1]) < 1e-12
+
+
+@pytest.mark.parametrize("layout", ["shared_x_bc", "own_x_bc"])
+def test_bidirectional_gradcheck(layout):
+    args = make_bi_inputs(1, 5, 2, 2, 2, 2, 2, D="head", z=True, bias=True, state=True, average=True,
+                          **BI_LAYOUTS[layout])
+    args["seq_idx"] = torch.tensor([[0, 1, 1, 1, 2]])  # starts inside a chunk and on a chunk edge
+    names = [k for k in BI_GRAD_NAMES if args[k] is not None]
+
+    def fn(*tensors):
+        return bidirectional_ssd(**{**args, **dict(zip(names, tensors))}, return_final_states=True)
+
+    inputs = tuple(args[k].clone().requires_grad_() for k in names)
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_bidirectional_bf16():
+    args = make_bi_inputs(2, 70, 4, 8, 2, 16, 16, shared_bc=False, D="head", z=True, bias=True, state=True,
+                          seq=True, dtype=torch.bfloat16)
+    for name in ("A", "D", "dt_bias", "initial_states"):
+        args[name] = args[name].float()
+    (out, final, grads), (ref_out, ref_final, ref_grads) = run_bi_both(args)
+    assert out.dtype == torch.bfloat16 and final.dtype == torch.float32
+    # As test_low_precision_inputs: the oracle sees the same rounded inputs, the op's error is fp32
+    # accumulation plus bf16 roundings (unit roundoff 2^-9 = 2.0e-3) of the output, of its cotangent
+    # and of the input gradients; the sum of two directions adds one more rounding. 1e-2 bounds that
+    # with a margin; the fp32 states see no bf16 rounding of their own (1e-5).
+    assert rel_err(out, ref_out) < 1e-2
+    assert rel_err(final, ref_final) < 1e-5
+    for name in grads:
+        assert grads[name].dtype == args[name].dtype, name
+        assert rel_err(grads[name], ref_grads[name]) < 1e-2, name
+
+
+def test_bidirectional_backend_choice():
+    args = make_bi_inputs(1, 9, 2, 2, 1, 3, 4)
+    assert torch.equal(bidirectional_ssd(**args), bidirectional_ssd(**args, backend="reference"))
+    with pytest.raises(NotImplementedError, match="bidirectional_ssd has no Triton kernel"):
+        bidirectional_ssd(**args, backend="triton")
+
+
+def _bi_valid(**override):
+    args = make_bi_inputs(2, 9, 4, 3, 2, 5, 4, D="head", z=True, bias=True, state=True, seq=True)
+    args.update(override)
+    return args
+
+
+BI_BAD_INPUTS = [
+    (dict(x=_r(3, 2, 9, 4, 3)), ValueError, r"x must have shape \(2, batch, length, heads, headdim\)"),
+    (dict(x=_r(2, 9, 12)), ValueError,
+     r"x must have shape \(batch, length, heads, headdim\) or \(2, batch, length, heads, headdim\)"),
+    (dict(dt=_r(2, 9, 4)), ValueError, r"dt must have shape \(2, batch, length, heads\) = \(2, 2, 9, 4\)"),
+    (dict(A=_r(4)), ValueError, r"A must have shape \(2, heads\) = \(2, 4\)"),
+    (dict(B=_r(2, 2, 9, 2)), ValueError, r"B must have shape \(batch, length, groups, d_state\) or \(2, batch"),
+    (dict(B=_r(2, 2, 8, 2, 5)), ValueError, r"B must have shape \(2, batch, length, groups, d_state\)"),
+    (dict(B=_r(2, 2, 9, 3, 5)), ValueError, r"B: groups \(3\) must divide heads \(4\)"),
+    (dict(C=_r(2, 2, 9, 2, 5)), ValueError, r"C must have shape \(batch, length, groups, d_state\) like B"),
+    (dict(B=_r(2, 2, 9, 2, 5)), ValueError, r"C must have shape \(2, batch, length, groups, d_state\) like B"),
+    (dict(D=_r(4)), ValueError, r"D must have shape \(2, heads\) or \(2, heads, headdim\)"),
+    (dict(D=_r(2, 4, 2)), ValueError, r"D must have shape \(2, heads, headdim\) = \(2, 4, 3\)"),
+    (dict(z=_r(2, 2, 9, 4, 3)), ValueError, r"z must have shape \(batch, length, heads, headdim\)"),
+    (dict(dt_bias=_r(4)), ValueError, r"dt_bias must have shape \(2, heads\)"),
+    (dict(initial_states=_r(2, 4, 3, 5)), ValueError,
+     r"initial_states must have shape \(2, batch, heads, headdim, d_state\) = \(2, 2, 4, 3, 5\)"),
+    (dict(seq_idx=torch.zeros(2, 2, 9, dtype=torch.int64)), ValueError, r"seq_idx must have shape \(batch, length\)"),
+    (dict(chunk_size=0), ValueError, r"chunk_size must be >= 1"),
+    (dict(dt_limit=(1.0, 0.5)), ValueError, r"dt_limit must be a pair"),
+]
+
+
+@pytest.mark.parametrize("override,error,match", BI_BAD_INPUTS)
+def test_bidirectional_bad_input_raises(override, error, match):
+    with pytest.raises(error, match=match):
+        bidirectional_ssd(**_bi_valid(**override))

@@ -46,7 +46,9 @@ cfg_device = timm_tests.cfg_device  # the fixture timm's config tests ask for
 
 # mambazoo families whose models are image backbones, and how forward_features lays out its
 # output: "token" (batch, tokens, dim) models take timm's *_non_std config test, as vit_* do.
-IMAGE_FAMILIES = {"mambazoo.models.vim": "token"}
+# vim2 is Vim's layout (a Vim subclass) with Mamba-2 mixers: the same tests apply, for the same
+# reasons, to test_vim2 (every adopted test) and vim2_tiny/small/base (the config test).
+IMAGE_FAMILIES = {"mambazoo.models.vim": "token", "mambazoo.models.vim2": "token"}
 # mambazoo families that are not image models (no timm image test applies), with the reason.
 OTHER_FAMILIES: Dict[str, str] = {}
 
@@ -118,7 +120,8 @@ NOT_APPLICABLE = {
     "test_model_default_cfgs": "for spatial (NCHW) models; Vim's forward_features returns tokens, so it takes "
                                "test_model_default_cfgs_non_std as timm's vit_* do",
     "test_reset_classifier_keeps_pool": "creates the model with global_pool='max'; Vim pools by 'token', 'avg' or ''",
-    "test_gcvit_batch_consistency": _HARDCODED + " (tests/models/test_vim.py::test_batch_consistency covers Vim)",
+    "test_gcvit_batch_consistency": _HARDCODED + " (test_batch_consistency in tests/models/test_vim.py and "
+                                                 "test_vim2.py covers Vim and Vim2)",
     "test_features_only_grad_checkpointing_backward": (
         "calls set_grad_checkpointing on the features_only model; FeatureGetterNet (features_only of every "
         "forward_intermediates model, timm's ViTs too) has none. tests/models/test_vim.py::"

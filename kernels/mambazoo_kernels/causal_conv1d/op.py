@@ -1,13 +1,15 @@
-"""Public causal-conv1d op: validate the arguments, then run the chosen backend."""
+"""Public causal-conv1d op: validate the arguments, pick the backend, then call the registered
+``mambazoo::causal_conv1d`` op (``_library``), which runs the Triton kernel or the reference."""
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
 
-from .._backend import select_backend
+from .. import _library
+from .._backend import BACKEND_ENV, select_backend
 from .._validation import check_optional, check_tensor
-from .reference import causal_conv1d_reference
 
 ACTIVATIONS = (None, "silu")
 
@@ -41,5 +43,19 @@ def causal_conv1d(
     check_optional("bias", bias, (dim,), "(dim,)", x.device)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    select_backend("causal_conv1d", backend, x.device, has_triton=False)
-    return causal_conv1d_reference(x, weight, bias, activation, reverse)
+    use_triton = _use_triton(backend, x, weight)
+    return _library.causal_conv1d_op(x, weight, bias, activation == "silu", reverse, use_triton)
+
+
+def _use_triton(backend: Optional[str], x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the chosen backend is Triton and the kernel takes these arguments (as the scan's)."""
+    if select_backend("causal_conv1d", backend, x.device, has_triton=True) != "triton":
+        return False
+    from . import triton_op  # on first use only: importing it imports Triton
+
+    reason = triton_op.unsupported_reason(x, weight)
+    if reason is None:
+        return True
+    if (backend if backend is not None else os.environ.get(BACKEND_ENV, "auto")) == "triton":
+        raise NotImplementedError(f"causal_conv1d: {reason}; use backend='reference'")
+    return False

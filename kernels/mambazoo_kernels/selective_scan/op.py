@@ -1,4 +1,5 @@
-"""Public selective-scan ops: validate the arguments, then run the chosen backend."""
+"""Public selective-scan ops: validate the arguments, pick the backend, then call the registered
+``mambazoo::`` op (``_library``), which runs the Triton kernels or the PyTorch reference."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ import torch
 
 from .._backend import BACKEND_ENV, select_backend
 from .._validation import check_d_state, check_optional, check_tensor
-from .reference import bidirectional_selective_scan_reference, selective_scan_reference
+from .. import _library
 
 
 def _check_bc(name: str, value, prefix: Sequence[int], batch: int, dim: int, d_state: int, length: int, device):
@@ -48,23 +49,28 @@ def _check_scan_args(prefix, u, delta, A, B, C, D, z, delta_bias, initial_state)
     check_optional("initial_state", initial_state, (*prefix, batch, dim, d_state), f"{lead}batch, dim, d_state)", device)
 
 
-def _triton_or_none(op: str, backend: Optional[str], u, delta, A, B, C, z):
-    """The Triton module when the chosen backend is Triton and the kernels take these arguments.
+def _use_triton(op: str, backend: Optional[str], u, delta, A, B, C, z) -> bool:
+    """Whether the chosen backend is Triton and the kernels take these arguments.
 
-    Imported here, on first use, so that ``import mambazoo_kernels`` never imports Triton. Auto
-    selection falls back to the reference for arguments the kernels do not cover (e.g. float64);
-    an explicit ``backend="triton"`` raises instead.
+    The Triton module is imported here, on first use, so that ``import mambazoo_kernels`` never
+    imports Triton. Auto selection falls back to the reference for arguments the kernels do not
+    cover (e.g. float64); an explicit ``backend="triton"`` raises instead.
     """
     if select_backend(op, backend, u.device, has_triton=True) != "triton":
-        return None
+        return False
     from . import triton_op
 
     reason = triton_op.unsupported_reason(u, delta, A, B, C, z)
     if reason is None:
-        return triton_op
+        return True
     if (backend if backend is not None else os.environ.get(BACKEND_ENV, "auto")) == "triton":
         raise NotImplementedError(f"{op}: {reason}; use backend='reference'")
-    return None
+    return False
+
+
+def _needs_grad(*tensors) -> bool:
+    """Whether autograd will ask for gradients (the Triton forward then stores its checkpoints)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def selective_scan(
@@ -99,14 +105,10 @@ def selective_scan(
         state after the last token, ``(batch, dim, d_state)``.
     """
     _check_scan_args((), u, delta, A, B, C, D, z, delta_bias, initial_state)
-    triton_op = _triton_or_none("selective_scan", backend, u, delta, A, B, C, z)
-    if triton_op is not None:
-        return triton_op.selective_scan_triton(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state
-        )
-    return selective_scan_reference(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state
-    )
+    use_triton = _use_triton("selective_scan", backend, u, delta, A, B, C, z)
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    out, state, *_ = _library.selective_scan_op(*tensors, delta_softplus, use_triton, _needs_grad(*tensors))
+    return (out, state) if return_final_state else out
 
 
 def bidirectional_selective_scan(
@@ -143,11 +145,8 @@ def bidirectional_selective_scan(
         fp32 states (forward after the last token, reversed after the first).
     """
     _check_scan_args((2,), u, delta, A, B, C, D, z, delta_bias, initial_state)
-    triton_op = _triton_or_none("bidirectional_selective_scan", backend, u, delta, A, B, C, z)
-    if triton_op is not None:
-        return triton_op.bidirectional_selective_scan_triton(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state, average
-        )
-    return bidirectional_selective_scan_reference(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state, average
-    )
+    use_triton = _use_triton("bidirectional_selective_scan", backend, u, delta, A, B, C, z)
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    out, state, *_ = _library.bidirectional_selective_scan_op(
+        *tensors, delta_softplus, average, use_triton, _needs_grad(*tensors))
+    return (out, state) if return_final_state else out

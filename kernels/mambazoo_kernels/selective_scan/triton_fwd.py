@@ -303,8 +303,164 @@ def state_code(state: str, d_state: int, replacements, indent: int) -> str:
     return textwrap.indent(body, " " * indent) + "\n"
 
 
-# Writes the gated output (single direction) or runs the two-direction combine.
-OUTPUT_SINGLE = """
+# ---------------------------------------------------------------------------------------------
+# sequential forward kernel: one thread per channel, the N states in that thread's registers.
+
+def column_split(value: str, names, tmp: str) -> str:
+    """Split the [BLOCK_D, len(names)] tile ``value`` into its columns (``names``, [BLOCK_D] each).
+
+    ``tl.split`` needs the split axis inside one thread, so Triton converts the tile once to a
+    layout holding a whole row per thread (one shared-memory round trip per tile); the splits
+    below that are register renames."""
+    if len(names) == 1:
+        return f"{names[0]} = {value}\n"
+    part = value if len(names) == 2 else f"tl.reshape({value}, (BLOCK_D, {len(names) // 2}, 2))"
+    return (f"{tmp}e, {tmp}o = tl.split({part})\n" + column_split(f"{tmp}e", names[0::2], tmp + "e")
+            + column_split(f"{tmp}o", names[1::2], tmp + "o"))
+
+
+def column_join(names) -> str:
+    """Inverse of :func:`column_split`: a [BLOCK_D, len(names)] tile from its columns."""
+    if len(names) == 1:
+        return names[0]
+    joined = f"tl.join({column_join(names[0::2])}, {column_join(names[1::2])})"
+    return joined if len(names) == 2 else f"tl.reshape({joined}, (BLOCK_D, {len(names)}))"
+
+
+def vector_split(value: str, names, tmp: str) -> str:
+    """Split a small 1-D tensor (held whole by every thread) into scalars."""
+    if len(names) == 1:
+        return f"{names[0]} = {value}\n"
+    part = value if len(names) == 2 else f"tl.reshape({value}, ({len(names) // 2}, 2))"
+    return (f"{tmp}e, {tmp}o = tl.split({part})\n" + vector_split(f"{tmp}e", names[0::2], tmp + "e")
+            + vector_split(f"{tmp}o", names[1::2], tmp + "o"))
+
+
+def _bc_width(d_state: int) -> int:
+    """States per B/C vector load: 4 fp32 (16 bytes) when N allows."""
+    return 4 if d_state % 4 == 0 else (2 if d_state % 2 == 0 else 1)
+
+
+def _bc_step_loads(name: str, d_state: int, j: int) -> str:
+    """Step j's per-token B or C row, N fp32 values from the staged (.., Lp, N) buffer, as
+    ``{name}{j}_{n}`` scalars. Every thread loads the same 16-byte vectors (a broadcast)."""
+    width = _bc_width(d_state)
+    lines = ""
+    for i in range(d_state // width):
+        ptr = f"{name}_row + (tj{j} * N_STATE + {i * width})"
+        load = f"tl.load({ptr} + tl.arange(0, {width}))" if width > 1 else f"tl.load({ptr})"
+        lines += vector_split(load, [f"{name}{j}_{i * width + w}" for w in range(width)], f"_{name}{j}_{i}")
+    return lines
+
+
+def _seq_step(d_state: int, j: int) -> str:
+    """Step j of a tile: B/C of the step, N state updates and the output column y_j."""
+    body = f"tj{j} = tile_t + {j} * sgn\n"
+    body += "if B_CONST:\n" + "".join(f"    B{j}_{n} = Bc_{n}\n" for n in range(d_state))
+    body += "else:\n" + textwrap.indent(_bc_step_loads("B", d_state, j), "    ")
+    body += "if not STATE_PASS:\n    if C_CONST:\n" + "".join(f"        C{j}_{n} = Cc_{n}\n" for n in range(d_state))
+    body += "    else:\n" + textwrap.indent(_bc_step_loads("C", d_state, j), "        ")
+    body += "".join(f"h_{n} = tl.exp2(dt_{j} * A_{n}) * h_{n} + dtu_{j} * B{j}_{n}\n" for n in range(d_state))
+    body += "if not STATE_PASS:\n"
+    body += f"    y_{j} = " + " + ".join(f"C{j}_{n} * h_{n}" for n in range(d_state)) + "\n"
+    return body
+
+
+SEQ_SIGNATURE = """
+@triton.jit(do_not_specialize=SEQ_RUNTIME_ARGS)
+def {name}(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr,
+    out_ptr, hT_ptr, ckpt_ptr, ybuf_ptr, flag_ptr, ypre_ptr, seg_ptr, segdt_ptr,
+    batch, dim, L, Lp, cpg_B, cpg_C, scale, n_segs, seg_tiles, n_tiles, ck_tiles, n_ck,
+    has_init, store_ckpt, store_ypre,
+    BLOCK_D: tl.constexpr, B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STATE_PASS: tl.constexpr,
+):
+"""
+
+SEQ_RUNTIME_ARGS = ["batch", "dim", "L", "Lp", "cpg_B", "cpg_C", "n_segs", "seg_tiles", "n_tiles", "ck_tiles",
+                    "n_ck", "has_init", "store_ckpt", "store_ypre"]
+
+SEQ_SETUP = """
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    direction = tl.program_id(2) // n_segs
+    seg = tl.program_id(2) - direction * n_segs
+    dir64 = direction.to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = offs_d < dim
+    offs_d64 = offs_d.to(tl.int64)
+    row = (dir64 * batch + pid_b) * dim + offs_d64
+    seg_row = row * n_segs + seg
+    x_row = row * L
+    z_row = (pid_b * dim + offs_d64) * L
+    par = dir64 * dim + offs_d64
+    # Staged per-token B/C rows of this program's group: (ndir, batch, groups, Lp, N) fp32.
+    B_row = B_ptr + (((dir64 * batch + pid_b) * (dim // cpg_B) + (pid_d * BLOCK_D) // cpg_B) * Lp) * N_STATE
+    C_row = C_ptr + (((dir64 * batch + pid_b) * (dim // cpg_C) + (pid_d * BLOCK_D) // cpg_C) * Lp) * N_STATE
+    cols = tl.arange(0, T)
+    # Direction 1 walks the tiles backwards and each tile's steps backwards (step j of a tile is
+    # column T - 1 - j); tiles are loaded and stored in memory order (coalesced) either way.
+    sgn = 1 - 2 * direction
+    rev0 = direction * (T - 1)
+    i_start = seg * seg_tiles
+    i_end = tl.minimum(i_start + seg_tiles, n_tiles)
+    if HAS_D:
+        Dv = tl.load(D_ptr + par, mask=dmask, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + par, mask=dmask, other=0.0)
+"""
+
+SEQ_PER_STATE = """
+    A_@n = tl.load(A_ptr + par * N_STATE + @n, mask=dmask, other=0.0) * LOG2E
+    h_@n = tl.load(init_ptr + seg_row * N_STATE + @n, mask=dmask & (has_init != 0), other=0.0)
+    if B_CONST:
+        Bc_@n = tl.load(B_ptr + par * N_STATE + @n, mask=dmask, other=0.0)
+    if C_CONST:
+        Cc_@n = tl.load(C_ptr + par * N_STATE + @n, mask=dmask, other=0.0)
+"""
+
+# Tile i (processing order) of the direction is memory tile k; the next tile's u and delta are
+# loaded before this tile's steps run (prefetch: their latency hides behind T steps of work).
+SEQ_TILE_LOAD = """
+    k0 = i_start + direction * (n_tiles - 1 - 2 * i_start)
+    t0 = k0 * T + cols
+    m0 = dmask[:, None] & ((t0 < L) & (i_start < i_end))[None, :]
+    u_next = tl.load(u_ptr + x_row[:, None] + t0[None, :], mask=m0, other=0.0)
+    pre_next = tl.load(delta_ptr + x_row[:, None] + t0[None, :], mask=m0, other=0.0)
+    dt_sum = tl.full([BLOCK_D], 0.0, tl.float32)
+    for i in range(i_start, i_end):
+        k = i + direction * (n_tiles - 1 - 2 * i)
+        tile_t = k * T + rev0
+        t = k * T + cols
+        m2 = dmask[:, None] & (t < L)[None, :]
+        u = u_next.to(tl.float32)
+        pre = pre_next.to(tl.float32)
+        tn = t + sgn * T
+        mn = dmask[:, None] & ((tn < L) & (i + 1 < i_end))[None, :]
+        u_next = tl.load(u_ptr + x_row[:, None] + tn[None, :], mask=mn, other=0.0)
+        pre_next = tl.load(delta_ptr + x_row[:, None] + tn[None, :], mask=mn, other=0.0)
+        if store_ckpt != 0:
+            if i % ck_tiles == 0:
+                ic = i // ck_tiles
+                ck = (row * n_ck + ic + direction * (n_ck - 1 - 2 * ic)) * N_STATE
+"""
+
+SEQ_CKPT_STORE = "tl.store(ckpt_ptr + ck + @n, h_@n, mask=dmask)\n"
+
+SEQ_DT = """
+        if HAS_BIAS:
+            pre = pre + bias[:, None]
+        if SOFTPLUS:
+            dt = tl.where(m2, _softplus(pre), 0.0)
+        else:
+            dt = tl.where(m2, pre, 0.0)
+        dtu = dt * u
+        if STATE_PASS:
+            dt_sum += _sum(dt, axis=1)
+"""
+
+SEQ_OUTPUT_SINGLE = """
         zoffs = z_row[:, None] + t[None, :]
         if HAS_Z:
             zv = tl.load(z_ptr + zoffs, mask=m2, other=0.0).to(tl.float32)
@@ -312,7 +468,11 @@ OUTPUT_SINGLE = """
         tl.store(out_ptr + zoffs, y.to(out_ptr.dtype.element_ty), mask=m2)
 """
 
-OUTPUT_BIDIR = """
+# The fused bidirectional combine: each direction writes its fp32 y tile to a scratch buffer and
+# increments an int32 flag per (batch, channel block, tile); the program that finds the flag at 1
+# came second and writes (y_f + y_r) * scale * silu(z). fp32 addition is commutative, so the
+# result does not depend on which direction finished first.
+SEQ_OUTPUT_BIDIR = """
         zoffs = z_row[:, None] + t[None, :]
         plane = (pid_b * 0 + batch) * dim * L  # int64: the scratch buffer may pass 2^31 elements
         tl.store(ybuf_ptr + dir64 * plane + zoffs, y, mask=m2)
@@ -329,80 +489,64 @@ OUTPUT_BIDIR = """
             tl.store(out_ptr + zoffs, ysum.to(out_ptr.dtype.element_ty), mask=m2)
 """
 
-FWD_SIGNATURE = """
-@triton.jit(do_not_specialize=RUNTIME_ARGS)
-def {name}(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr,
-    out_ptr, hT_ptr, ckpt_ptr, ybuf_ptr, flag_ptr, ypre_ptr, seg_ptr, segdt_ptr,
-{common}    BLOCK_D: tl.constexpr, T: tl.constexpr,
-    B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STATE_PASS: tl.constexpr,
-):
-"""
-
-# STATE_PASS: each segment runs from a zero state and writes only its end state and sum of dt.
-# Otherwise the state starts from init_ptr (h0, or the state the combine wrote for the segment;
-# both indexed by seg_row, as n_segs == 1 without segments) when has_init, else from zero.
-INIT_STATES = """
-    h_@n = tl.load(init_ptr + seg_row * N_STATE + @n, mask=dmask & (has_init != 0), other=0.0)
-"""
-
-FINAL_STATES = """
+SEQ_FINAL = """
     if STATE_PASS:
-""" + store_channels("seg_ptr + seg_row * N_STATE + @n", "h_@n", 8) + """
+        tl.store(seg_ptr + seg_row * N_STATE + @n, h_@n, mask=dmask)
     elif seg == n_segs - 1:
-""" + store_channels("hT_ptr + row * N_STATE + @n", "h_@n", 8)
-
-# ---------------------------------------------------------------------------------------------
-# chunk kernel: time-parallel inside a chunk of T steps (the backward uses the same chunks).
-
-CHUNK_STATE = """
-a = tl.exp2(dt * (tl.load(A_ptr + par * N_STATE + @n, mask=dmask, other=0.0) * LOG2E)[:, None])
-BLOAD
-P, hl = tl.associative_scan((a, dtu * Bv), 1, _lin_combine, reverse=SCAN_REV)
-h = hl + P * h_@n[:, None]
-h_@n = _sum(tl.where(is_last, h, 0.0), axis=1)
-if not STATE_PASS:
-CLOAD
-    y += Cv * h
+        tl.store(hT_ptr + row * N_STATE + @n, h_@n, mask=dmask)
 """
 
 
-def _chunk_fwd_source(name: str, d_state: int, bidir: bool, vec: int) -> str:
-    state = CHUNK_STATE.replace("BLOAD", bc_tile("B", vec, 0)).replace("CLOAD", bc_tile("C", vec, 4))
-    src = HEADER + f"\nN_STATE = tl.constexpr({d_state})\nVEC = tl.constexpr({vec})\nRUNTIME_ARGS = {RUNTIME_ARGS!r}\n"
-    src += FWD_SIGNATURE.format(name=name, common=COMMON_ARGS)
-    src += SETUP
-    src += per_state(INIT_STATES, d_state, 4) + "\n"
-    src += """
-    dt_sum = tl.full([BLOCK_D], 0.0, tl.float32)
-    for i in range(i_start, i_end):
-        k = i + direction * (n_tiles - 1 - 2 * i)
-        if store_ckpt != 0:
-            ck = (row * n_tiles + k) * N_STATE
-""" + per_state(store_channels("ckpt_ptr + ck + @n", "h_@n", 0), d_state, 12) + "\n"
-    src += load_step_tile(vec)
-    src += """
-        if STATE_PASS:
-            dt_sum += _sum(dt, axis=1)
-        else:
-            y = tl.full([BLOCK_D, T], 0.0, tl.float32)
-"""
-    src += state_code("is_last = (cols == T - 1)[None, :]\n" + state, d_state, {"SCAN_REV": False}, 8)
+def _processing_order(prefix: str, tile: int, bidir: bool) -> str:
+    """Columns ``{prefix}m_c`` (memory order) as steps ``{prefix}_j`` (processing order); in the
+    bidirectional kernel direction 1 takes them mirrored (a register select per column)."""
+    if not bidir:
+        return "".join(f"{prefix}_{j} = {prefix}m_{j}\n" for j in range(tile))
+    return "".join(f"{prefix}_{j} = tl.where(direction == 0, {prefix}m_{j}, {prefix}m_{tile - 1 - j})\n"
+                   for j in range(tile))
+
+
+def _seq_fwd_source(name: str, d_state: int, tile: int, bidir: bool) -> str:
+    src = HEADER + (f"\nN_STATE = tl.constexpr({d_state})\nT = tl.constexpr({tile})\n"
+                    f"SEQ_RUNTIME_ARGS = {SEQ_RUNTIME_ARGS!r}\n")
+    src += SEQ_SIGNATURE.format(name=name) + SEQ_SETUP + per_state(SEQ_PER_STATE, d_state, 4) + "\n"
+    src += SEQ_TILE_LOAD + per_state(SEQ_CKPT_STORE, d_state, 16) + "\n" + SEQ_DT
+    split = column_split("dt", [f"dtm_{j}" for j in range(tile)], "_dt") + _processing_order("dt", tile, bidir)
+    split += column_split("dtu", [f"dtum_{j}" for j in range(tile)], "_du") + _processing_order("dtu", tile, bidir)
+    src += textwrap.indent(split, " " * 8)
+    src += "".join(textwrap.indent(_seq_step(d_state, j), " " * 8) for j in range(tile))
     src += "        if not STATE_PASS:\n"
+    src += textwrap.indent(_processing_order("y", tile, bidir).replace("y_", "yo_").replace("ym_", "y_"), " " * 12)
+    src += f"            y = {column_join([f'yo_{j}' for j in range(tile)])}\n"
     src += "            if HAS_D:\n                y += Dv[:, None] * u\n"
-    src += textwrap.indent(OUTPUT_BIDIR if bidir else OUTPUT_SINGLE, "    ")
-    src += per_state(FINAL_STATES, d_state, 4) + "\n"
-    src += "    if STATE_PASS:\n" + store_channels("segdt_ptr + seg_row", "dt_sum", 8)
+    src += textwrap.indent(SEQ_OUTPUT_BIDIR if bidir else SEQ_OUTPUT_SINGLE, "    ")
+    src += per_state(SEQ_FINAL, d_state, 4) + "\n"
+    src += "    if STATE_PASS:\n        tl.store(segdt_ptr + seg_row, dt_sum, mask=dmask)\n"
     return src
 
 
 @functools.lru_cache(maxsize=None)
-def chunk_forward_kernel(d_state: int, bidir: bool, vec: int):
-    """The time-parallel forward kernel: ``d_state`` states, ``vec`` steps per thread, and with
-    ``bidir`` grid axis 2 = direction x segment."""
-    name = f"ss_fwd_chunk_n{d_state}_v{vec}_{'bi' if bidir else 'uni'}"
-    return load_generated(name, _chunk_fwd_source(name, d_state, bidir, vec))
+def seq_forward_kernel(d_state: int, tile: int, bidir: bool):
+    """The sequential forward kernel: ``d_state`` states per thread, tiles of ``tile`` steps, and
+    with ``bidir`` grid axis 2 = direction x segment."""
+    name = f"ss_fwd_seq_n{d_state}_t{tile}_{'bi' if bidir else 'uni'}"
+    return load_generated(name, _seq_fwd_source(name, d_state, tile, bidir))
+
+
+@triton.jit
+def stage_bc_kernel(src_ptr, dst_ptr, L, Lp, n_rows_b, n_groups, s_dir, s_b, s_g, s_n, s_t,
+                    N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr):
+    """Per-token B or C (ndir, batch, groups, N, L), any strides and float dtype, to the forward's
+    fp32 (ndir, batch, groups, Lp, N) buffer: one step's N values contiguous, zeros for L <= t < Lp."""
+    r = tl.program_id(1).to(tl.int64)
+    g = r % n_groups
+    b = (r // n_groups) % n_rows_b
+    d = r // (n_groups * n_rows_b)
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    n = tl.arange(0, NP)
+    src = src_ptr + d * s_dir + b * s_b + g * s_g + n[None, :] * s_n + t[:, None] * s_t
+    v = tl.load(src, mask=(t < L)[:, None] & (n < N)[None, :], other=0.0).to(tl.float32)
+    tl.store(dst_ptr + (r * Lp + t[:, None]) * N + n[None, :], v, mask=(t < Lp)[:, None] & (n < N)[None, :])
 
 
 LOG2E = tl.constexpr(1.4426950408889634)

@@ -1,8 +1,9 @@
-"""Triton selective scan: autograd functions and launchers (imported only when the backend is used).
+"""Triton selective scan: launchers (imported only when the backend is used).
 
 The single scan is the bidirectional machinery with one direction: every per-direction tensor
-gets a leading axis of size ``ndir`` (1 or 2) and one autograd function runs the forward and
-backward kernels of ``triton_fwd`` / ``triton_bwd``. Launchers make no ``torch.cuda`` call, so
+gets a leading axis of size ``ndir`` (1 or 2) and the same forward kernel (``triton_fwd``,
+sequential, one thread per channel) and backward kernel (``triton_bwd``, time-parallel chunks
+recomputed from the forward's checkpoints) serve both. Launchers make no ``torch.cuda`` call, so
 the same code runs the kernels on CPU tensors under ``TRITON_INTERPRET=1``.
 """
 from __future__ import annotations
@@ -13,36 +14,40 @@ from typing import Optional
 import torch
 
 from .triton_bwd import chunk_backward_kernel
-from .triton_fwd import chunk_forward_kernel, segment_combine_kernel
+from .triton_fwd import segment_combine_kernel, seq_forward_kernel, stage_bc_kernel
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_D_STATE = 64
-# Programs that keep an H100/H200-class GPU (132 SMs) busy for a few waves.
-TARGET_PROGRAMS = 4 * 132
+# Channels (one warp lane each in the forward) that give every scheduler of an H100/H200-class GPU
+# (132 SMs x 4) two warps; fewer channels than half of that get their sequence cut into segments.
+TARGET_CHANNELS = 132 * 4 * 2 * 32
 
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """Tiling. A chunk of ``chunk`` steps is split over ``chunk // vec`` threads holding ``vec``
-    consecutive steps each; the rest of a warp's 32 threads and the ``warps`` warps take channels,
-    so a program owns ``32 // (chunk // vec) * warps`` channels (fewer where B/C groups or ``dim``
-    are smaller). Forward and backward share the chunk (the checkpoints sit on its boundaries)."""
+    """Tiling. Forward: one channel per thread, ``32 * fwd_warps`` channels per program, time in
+    tiles of ``fwd_tile`` steps (a power of two dividing ``chunk``). Backward: a chunk of ``chunk``
+    steps is split over ``chunk // bwd_vec`` threads holding ``bwd_vec`` consecutive steps each;
+    the rest of a warp's 32 threads and the ``bwd_warps`` warps take channels. The forward stores
+    its states on the backward's chunk boundaries (the checkpoints). Fewer channels per program
+    where B/C groups or ``dim`` are smaller."""
 
     chunk: int = 64
-    fwd_vec: int = 8
+    fwd_tile: int = 8
     fwd_warps: int = 4
     bwd_vec: int = 8
     bwd_warps: int = 4
     segments: Optional[int] = None  # None: chosen from the shape (see _segment_plan)
 
     def block_d(self, backward: bool) -> int:
-        vec, warps = (self.bwd_vec, self.bwd_warps) if backward else (self.fwd_vec, self.fwd_warps)
-        return max(1, 32 // max(1, self.chunk // vec)) * warps
+        if backward:
+            return max(1, 32 // max(1, self.chunk // self.bwd_vec)) * self.bwd_warps
+        return 32 * self.fwd_warps
 
 
-# Per chunk size: (fwd_vec, fwd_warps, bwd_vec, bwd_warps); chosen so both kernels stay near
-# 8 steps per thread and the backward's program spans >= 16 channels (its dB/dC partials scale
-# with dim / channels per program).
+# Per chunk size: (fwd_tile, fwd_warps, bwd_vec, bwd_warps); the backward stays near 8 steps per
+# thread with programs spanning >= 16 channels (its dB/dC partials scale with dim / channels per
+# program).
 DEFAULT_TILES = {16: (8, 4, 4, 4), 32: (8, 4, 4, 4), 64: (8, 4, 8, 4)}
 
 # Benchmarks may replace this (tiling only; results do not depend on it beyond rounding).
@@ -116,18 +121,18 @@ def _common(u, B, C):
 
 
 def _segment_plan(cfg: ScanConfig, batch: int, dim: int, ndir: int, n_tiles: int, block_d: int):
-    """(n_segs, tiles per segment): cut L into segments when too few channel blocks fill the GPU.
+    """(n_segs, chunks per segment): cut L into segments when too few channels fill the GPU.
 
-    Segments cost a second pass over the sequence (a state pass without outputs), so they are
-    used only below half of ``TARGET_PROGRAMS``.
+    Segments cost a second pass of exps (a state pass without outputs), so they are used only
+    below half of ``TARGET_CHANNELS``.
     """
     if cfg.segments is not None:
         n_segs = max(1, min(cfg.segments, n_tiles))
     else:
-        programs = batch * ndir * triton_cdiv(dim, block_d)
-        if programs * 2 >= TARGET_PROGRAMS or n_tiles < 4:
+        channels = batch * ndir * triton_cdiv(dim, block_d) * block_d
+        if channels * 2 >= TARGET_CHANNELS or n_tiles < 4:
             return 1, n_tiles
-        n_segs = min(triton_cdiv(TARGET_PROGRAMS, programs), n_tiles // 2)
+        n_segs = min(triton_cdiv(TARGET_CHANNELS, channels), n_tiles // 2)
     seg_chunks = triton_cdiv(n_tiles, n_segs)
     return triton_cdiv(n_tiles, seg_chunks), seg_chunks
 
@@ -141,38 +146,58 @@ def _combine_segments(seg, segdt, A, init, reverse):
     )
 
 
+def _stage_bc(bc: torch.Tensor, const: bool, padded_length: int) -> torch.Tensor:
+    """The forward kernel's B or C: constant as fp32 (ndir, dim, N); per token as fp32
+    (ndir, batch, groups, padded_length, N), one step's N values contiguous (16-byte vector loads),
+    zero past the sequence."""
+    if const:
+        return bc.to(torch.float32).contiguous()
+    ndir, batch, groups, d_state, length = bc.shape
+    staged = torch.empty((ndir, batch, groups, padded_length, d_state), dtype=torch.float32, device=bc.device)
+    block = 64
+    stage_bc_kernel[(triton_cdiv(padded_length, block), ndir * batch * groups)](
+        bc, staged, length, padded_length, batch, groups, *bc.stride(),
+        N=d_state, NP=1 << (d_state - 1).bit_length(), BT=block,
+    )
+    return staged
+
+
 def _forward(u, delta, A, B, C, D, z, bias, h0, softplus, scale, need_ckpt, need_ypre):
     """Returns out, final states, and what the backward needs (checkpoints, ypre, plan)."""
     ndir, batch, dim, length = u.shape
     d_state = A.shape[-1]
     bidir = ndir == 2
-    b_const, c_const, cpg_b, cpg_c, b_strides, c_strides, limit = _common(u, B, C)
+    b_const, c_const, cpg_b, cpg_c, _, _, limit = _common(u, B, C)
     cfg, block_d, bwd_block_d = _config(dim, length, limit)
-    chunk = cfg.chunk
+    chunk, tile = cfg.chunk, cfg.fwd_tile
     n_blocks = triton_cdiv(dim, block_d)
-    n_tiles = triton_cdiv(length, chunk)
-    n_segs, seg_chunks = _segment_plan(cfg, batch, dim, ndir, n_tiles, max(block_d, bwd_block_d))
+    n_chunks = triton_cdiv(length, chunk)
+    ck_tiles = chunk // tile
+    n_tiles = n_chunks * ck_tiles  # the tile grid covers whole chunks (checkpoints on their edges)
+    n_segs, seg_chunks = _segment_plan(cfg, batch, dim, ndir, n_chunks, max(block_d, bwd_block_d))
     f32 = dict(dtype=torch.float32, device=u.device)
     out = torch.empty((batch, dim, length), dtype=u.dtype, device=u.device)
     h_final = torch.empty((ndir, batch, dim, d_state), **f32)
-    ckpt = torch.empty((ndir, batch, dim, n_tiles, d_state), **f32) if need_ckpt else h_final
+    ckpt = torch.empty((ndir, batch, dim, n_chunks, d_state), **f32) if need_ckpt else h_final
     ybuf = torch.empty((2, batch, dim, length), **f32) if bidir else h_final
     flags = torch.zeros((batch, n_blocks, n_tiles), dtype=torch.int32, device=u.device) if bidir else h_final
     ypre = torch.empty((batch, dim, length), dtype=u.dtype, device=u.device) if need_ypre else out
     seg = torch.empty((ndir, batch, dim, n_segs, d_state), **f32) if n_segs > 1 else h_final
     segdt = torch.empty((ndir, batch, dim, n_segs), **f32) if n_segs > 1 else h_final
-    kernel = chunk_forward_kernel(d_state, bidir, cfg.fwd_vec)
+    Bk, Ck = _stage_bc(B, b_const, n_tiles * tile), _stage_bc(C, c_const, n_tiles * tile)
+    kernel = seq_forward_kernel(d_state, tile, bidir)
 
     def launch(state_pass, init, store_ckpt, store_ypre):
         _launcher(kernel, "fwd_state" if state_pass else "fwd", (n_blocks, batch, ndir * n_segs))(
-            u, delta, A, B, C, u if D is None else D, u if z is None else z, u if bias is None else bias,
+            u, delta, A, Bk, Ck, u if D is None else D, u if z is None else z, u if bias is None else bias,
             h_final if init is None else init,
             out, h_final, ckpt, ybuf, flags, ypre, seg, segdt,
-            batch, dim, length, cpg_b, cpg_c, scale, n_segs, seg_chunks,
-            int(init is not None), int(store_ckpt), int(store_ypre), *b_strides, *c_strides,
-            BLOCK_D=block_d, T=chunk, B_CONST=b_const, C_CONST=c_const,
+            batch, dim, length, n_tiles * tile, dim if b_const else cpg_b, dim if c_const else cpg_c, scale,
+            n_segs, seg_chunks * ck_tiles, n_tiles, ck_tiles, n_chunks,
+            int(init is not None), int(store_ckpt), int(store_ypre),
+            BLOCK_D=block_d, B_CONST=b_const, C_CONST=c_const,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
-            STATE_PASS=state_pass, num_warps=cfg.fwd_warps,
+            STATE_PASS=state_pass, num_warps=max(1, min(cfg.fwd_warps, block_d // 32)),
         )
 
     if n_segs > 1:
@@ -263,69 +288,98 @@ def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.to(torch.float32).contiguous()
 
 
-class _ScanFn(torch.autograd.Function):
-    """Per-direction tensors with a leading ``ndir`` axis; returns (out, final states)."""
+# Entry points of the torch.library ops (``mambazoo_kernels._library``): public layouts in and out;
+# the ops own autograd, these only launch. Every tensor the backward needs besides the inputs is
+# a plain output of the forward ((0,)-shaped when not stored), and ``saved_shapes`` gives their
+# shapes without launching, for the ops' fake implementations.
 
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, scale):
-        u, delta = u.contiguous(), delta.contiguous()
-        z = None if z is None else z.contiguous()
-        A32, D32, bias32, h0 = _f32(A), _f32(D), _f32(delta_bias), _f32(initial_state)
-        need_grad = any(ctx.needs_input_grad)
-        need_ypre = need_grad and u.shape[0] == 2 and z is not None
-        out, h_final, saved = _forward(u, delta, A32, B, C, D32, z, bias32, h0, softplus, scale, need_grad, need_ypre)
-        if need_grad:
-            ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, saved.ckpt, saved.ypre, saved.segdt)
-            ctx.meta = (softplus, scale, saved.chunk, saved.n_segs, saved.seg_chunks, A.dtype,
-                        None if D is None else D.dtype,
-                        None if delta_bias is None else delta_bias.dtype,
-                        None if initial_state is None else initial_state.dtype)
-        ctx.set_materialize_grads(False)
-        return out, h_final
 
-    @staticmethod
-    def backward(ctx, dout, dh_final):
-        u, delta, A32, B, C, D32, z, bias32, ckpt, ypre, segdt = ctx.saved_tensors
-        softplus, scale, chunk, n_segs, seg_chunks, a_dtype, d_dtype, bias_dtype, h0_dtype = ctx.meta
-        if dout is None:
-            dout = torch.zeros((u.shape[1], u.shape[2], u.shape[3]), dtype=u.dtype, device=u.device)
-        dout = dout.contiguous()
-        dh_final = None if dh_final is None else dh_final.to(torch.float32).contiguous()
-        saved = _Saved(ckpt, ypre, chunk, n_segs, seg_chunks, segdt)
-        du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = _backward(
-            u, delta, A32, B, C, D32, z, bias32, saved, dout, dh_final, softplus, scale)
-        return (
-            du, ddelta, dA.to(a_dtype), dB, dC,
-            None if dD is None else dD.to(d_dtype), dz,
-            None if dbias is None else dbias.to(bias_dtype),
-            None if h0_dtype is None else dh0.to(h0_dtype),
-            None, None,
-        )
+def _kernel_args(u, delta, A, B, C, D, z, delta_bias, initial_state, bidirectional: bool):
+    """Public layouts -> the kernels': a leading ``ndir`` axis, a groups axis on per-token B/C,
+    fp32 contiguous A/D/delta_bias/initial_state."""
+    lead = (lambda t: t) if bidirectional else (lambda t: None if t is None else t.unsqueeze(0))
+    const_rank = 3 if bidirectional else 2
+
+    def bc(t):
+        return lead(t if t.dim() == const_rank else _per_token(t, const_rank + 1))
+
+    return (lead(u).contiguous(), lead(delta).contiguous(), _f32(lead(A)), bc(B), bc(C), _f32(lead(D)),
+            None if z is None else z.contiguous(), _f32(lead(delta_bias)), _f32(lead(initial_state)))
+
+
+def _plan(u, B, C):
+    """(chunk, n_tiles, n_segs, seg_chunks) that ``_forward`` picks for kernel-layout tensors."""
+    ndir, batch, dim, length = u.shape
+    limit = _common(u, B, C)[-1]
+    cfg, block_d, bwd_block_d = _config(dim, length, limit)
+    n_tiles = triton_cdiv(length, cfg.chunk)
+    n_segs, seg_chunks = _segment_plan(cfg, batch, dim, ndir, n_tiles, max(block_d, bwd_block_d))
+    return cfg.chunk, n_tiles, n_segs, seg_chunks
+
+
+def _stores_ypre(bidirectional: bool, z, save: bool) -> bool:
+    return save and bidirectional and z is not None
+
+
+def _concrete(t: torch.Tensor) -> torch.Tensor:
+    """A meta tensor with ``t``'s sizes and strides as ints (symbolic ones are specialized)."""
+    return torch.empty_strided([int(s) for s in t.shape], [int(s) for s in t.stride()], dtype=t.dtype, device="meta")
+
+
+def saved_shapes(u, delta, A, B, C, z, bidirectional: bool, save: bool):
+    """Shapes of the (checkpoints, ypre, segdt) outputs of :func:`scan_forward`, for fake tensors.
+
+    The tiling is planned on concrete sizes, so under dynamic shapes the compiled graph guards on
+    (specializes) the sizes of the Triton scan's inputs."""
+    u, delta, A, B, C = (_concrete(t) for t in (u, delta, A, B, C))
+    z = None if z is None else _concrete(z)
+    ku, _, kA, kB, kC, *_ = _kernel_args(u, delta, A, B, C, None, z, None, None, bidirectional)
+    ndir, batch, dim, length = ku.shape
+    _, n_tiles, n_segs, _ = _plan(ku, kB, kC)
+    ckpt = (ndir, batch, dim, n_tiles, kA.shape[-1]) if save else (0,)
+    ypre = (batch, dim, length) if _stores_ypre(bidirectional, z, save) else (0,)
+    segdt = (ndir, batch, dim, n_segs) if save and n_segs > 1 else (0,)
+    return ckpt, ypre, segdt
+
+
+def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus: bool, scale: float,
+                 bidirectional: bool, save: bool):
+    """Forward kernels: ``(out, final state, checkpoints, ypre, segdt)``; the last three feed
+    :func:`scan_backward` and are stored only with ``save``."""
+    ku, kdelta, kA, kB, kC, kD, kz, kbias, kh0 = _kernel_args(
+        u, delta, A, B, C, D, z, delta_bias, initial_state, bidirectional)
+    out, h_final, saved = _forward(ku, kdelta, kA, kB, kC, kD, kz, kbias, kh0, softplus, scale,
+                                   save, _stores_ypre(bidirectional, z, save))
+    if (saved.chunk, saved.n_segs, saved.seg_chunks) != tuple(_plan(ku, kB, kC)[i] for i in (0, 2, 3)):
+        raise RuntimeError("triton_op._plan no longer matches _forward's tiling; update _plan")
+    f32 = torch.float32
+    return (
+        out, h_final if bidirectional else h_final[0],
+        u.new_empty(0, dtype=f32) if saved.ckpt is None else saved.ckpt,
+        u.new_empty(0) if saved.ypre is None else saved.ypre,
+        u.new_empty(0, dtype=f32) if saved.segdt is None else saved.segdt,
+    )
+
+
+def scan_backward(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, initial_state, ckpt, ypre, segdt,
+                  softplus: bool, scale: float, bidirectional: bool):
+    """Backward kernels from :func:`scan_forward`'s stored outputs: the gradients of
+    ``(u, delta, A, B, C, D, z, delta_bias, initial_state)`` in their shapes and dtypes, ``None``
+    for absent inputs."""
+    if ckpt.numel() == 0:
+        raise RuntimeError("the selective-scan forward ran without save_for_backward; no gradient possible")
+    inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    ku, kdelta, kA, kB, kC, kD, kz, kbias, _ = _kernel_args(*inputs, bidirectional)
+    chunk, _, n_segs, seg_chunks = _plan(ku, kB, kC)
+    saved = _Saved(ckpt, ypre if ypre.numel() else None, chunk, n_segs, seg_chunks, segdt if n_segs > 1 else None)
+    dh_final = dfinal_state if bidirectional else dfinal_state.unsqueeze(0)
+    grads = _backward(ku, kdelta, kA, kB, kC, kD, kz, kbias, saved, dout.contiguous(),
+                      dh_final.to(torch.float32).contiguous(), softplus, scale)
+    return tuple(
+        None if t is None else g.reshape(t.shape).to(t.dtype) for g, t in zip(grads, inputs)
+    )
 
 
 def _per_token(bc: torch.Tensor, token_rank: int) -> torch.Tensor:
     """Give per-token B/C without a groups axis one group: (..., N, L) -> (..., 1, N, L)."""
     return bc.unsqueeze(-3) if bc.dim() == token_rank else bc
-
-
-def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          initial_state=None, return_final_state=False):
-    """Triton selective scan; same arguments and returns as :func:`mambazoo_kernels.selective_scan`."""
-    first = lambda t: None if t is None else t.unsqueeze(0)
-    B = first(B if B.dim() == 2 else _per_token(B, 3))
-    C = first(C if C.dim() == 2 else _per_token(C, 3))
-    out, h_final = _ScanFn.apply(first(u), first(delta), first(A), B, C, first(D), z, first(delta_bias),
-                                 first(initial_state), delta_softplus, 1.0)
-    return (out, h_final[0]) if return_final_state else out
-
-
-def bidirectional_selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                                        delta_softplus=False, initial_state=None, return_final_state=False,
-                                        average=False):
-    """Fused bidirectional scan; same arguments and returns as
-    :func:`mambazoo_kernels.bidirectional_selective_scan`."""
-    B = B if B.dim() == 3 else _per_token(B, 4)
-    C = C if C.dim() == 3 else _per_token(C, 4)
-    out, h_final = _ScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
-                                 0.5 if average else 1.0)
-    return (out, h_final) if return_final_state else out

@@ -1,3 +1,3 @@
-from .op import ssd
+from .op import bidirectional_ssd, ssd
 
-__all__ = ["ssd"]
+__all__ = ["ssd", "bidirectional_ssd"]

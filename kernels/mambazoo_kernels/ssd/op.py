@@ -1,43 +1,60 @@
-"""Public SSD (Mamba-2) op: validate the arguments, then run the chosen backend."""
+"""Public SSD (Mamba-2) ops: validate the arguments, then run the chosen backend."""
 from __future__ import annotations
 
 import math
+import os
 from numbers import Real
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .._backend import select_backend
+from .._backend import BACKEND_ENV, select_backend
 from .._validation import check_d_state, check_optional, check_tensor
-from .reference import DEFAULT_DT_LIMIT, ssd_reference
+from .reference import DEFAULT_DT_LIMIT, bidirectional_ssd_reference, ssd_reference
 
 SEQ_IDX_DTYPES = (torch.int32, torch.int64)
+# The Triton SSD kernels plug in here: a ``triton_op`` module in this folder with
+# ``unsupported_reason(x, dt, A, B, C, z)``, ``ssd_triton`` and ``bidirectional_ssd_triton``
+# (the arguments of the public functions, minus ``backend``), as for the selective scan.
+HAS_TRITON = False
 
 
-def _check_ssd_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_limit, initial_states, seq_idx):
-    check_tensor("x", x, (None, None, None, None), "(batch, length, heads, headdim)")
-    batch, length, heads, headdim = x.shape
+def _check_shareable(name: str, value, prefix: Sequence[int], shape: Sequence, dims: str, device=None):
+    """``x``, ``B`` or ``C``: one tensor of ``shape`` or, with ``prefix`` (2,), also one per direction."""
+    if prefix and isinstance(value, torch.Tensor) and value.dim() == len(shape) + 1:
+        return check_tensor(name, value, (*prefix, *shape), f"(2, {dims[1:]}", device)
+    return check_tensor(name, value, shape, f"{dims} or (2, {dims[1:]}" if prefix else dims, device)
+
+
+def _check_ssd_args(prefix, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_limit, initial_states, seq_idx):
+    """``prefix`` is ``()`` for ``ssd`` and ``(2,)`` for ``bidirectional_ssd``, whose per-direction
+    arguments lead with it (``x``, ``B`` and ``C`` may also be shared by the two directions)."""
+    lead = "(2, " if prefix else "("
+    _check_shareable("x", x, prefix, (None, None, None, None), "(batch, length, heads, headdim)")
+    batch, length, heads, headdim = x.shape[-4:]
     if min(x.shape) < 1:
         raise ValueError(f"x must have non-empty batch, length, heads and headdim, got shape {tuple(x.shape)}")
     device = x.device
-    check_tensor("dt", dt, (batch, length, heads), "(batch, length, heads)", device)
-    check_tensor("A", A, (heads,), "(heads,)", device)
-    check_tensor("B", B, (batch, length, None, None), "(batch, length, groups, d_state)", device)
+    check_tensor("dt", dt, (*prefix, batch, length, heads), f"{lead}batch, length, heads)", device)
+    check_tensor("A", A, (*prefix, heads), "(2, heads)" if prefix else "(heads,)", device)
+    _check_shareable("B", B, prefix, (batch, length, None, None), "(batch, length, groups, d_state)", device)
     groups, d_state = B.shape[-2:]
     if groups < 1 or heads % groups:
         raise ValueError(f"B: groups ({groups}) must divide heads ({heads})")
     check_d_state(d_state)
-    check_tensor("C", C, (batch, length, groups, d_state), "(batch, length, groups, d_state) like B", device)
+    bc_lead = lead if B.dim() == 5 else "("
+    check_tensor("C", C, B.shape, f"{bc_lead}batch, length, groups, d_state) like B", device)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
         raise TypeError(f"chunk_size must be an int, got {type(chunk_size).__name__}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if isinstance(D, torch.Tensor) and D.dim() == 2:
-        check_tensor("D", D, (heads, headdim), "(heads, headdim)", device)
+    if isinstance(D, torch.Tensor) and D.dim() == len(prefix) + 2:
+        check_tensor("D", D, (*prefix, heads, headdim), f"{lead}heads, headdim)", device)
     else:
-        check_optional("D", D, (heads,), "(heads,) or (heads, headdim)", device)
+        check_optional("D", D, (*prefix, heads), f"{lead}heads{')' if prefix else ',)'} or {lead}heads, headdim)",
+                       device)
     check_optional("z", z, (batch, length, heads, headdim), "(batch, length, heads, headdim)", device)
-    check_optional("dt_bias", dt_bias, (heads,), "(heads,)", device)
+    check_optional("dt_bias", dt_bias, (*prefix, heads), "(2, heads)" if prefix else "(heads,)", device)
     if (
         not isinstance(dt_limit, (tuple, list))
         or len(dt_limit) != 2
@@ -46,9 +63,30 @@ def _check_ssd_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_limit, initial
     ):
         raise ValueError(f"dt_limit must be a pair (low, high) with 0 <= low <= high, got {dt_limit!r}")
     check_optional(
-        "initial_states", initial_states, (batch, heads, headdim, d_state), "(batch, heads, headdim, d_state)", device
+        "initial_states", initial_states, (*prefix, batch, heads, headdim, d_state),
+        f"{lead}batch, heads, headdim, d_state)", device,
     )
     check_optional("seq_idx", seq_idx, (batch, length), "(batch, length)", device, dtypes=SEQ_IDX_DTYPES)
+
+
+def _triton_or_none(op: str, backend: Optional[str], x, dt, A, B, C, z):
+    """The Triton module when the chosen backend is Triton and the kernels take these arguments.
+
+    Imported here, on first use, so that ``import mambazoo_kernels`` never imports Triton. Auto
+    selection falls back to the reference for arguments the kernels do not cover; an explicit
+    ``backend="triton"`` raises instead. While ``HAS_TRITON`` is False every call takes the reference
+    (and ``backend="triton"`` raises in ``select_backend``).
+    """
+    if select_backend(op, backend, x.device, has_triton=HAS_TRITON) != "triton":
+        return None
+    from . import triton_op
+
+    reason = triton_op.unsupported_reason(x, dt, A, B, C, z)
+    if reason is None:
+        return triton_op
+    if (backend if backend is not None else os.environ.get(BACKEND_ENV, "auto")) == "triton":
+        raise NotImplementedError(f"{op}: {reason}; use backend='reference'")
+    return None
 
 
 def ssd(
@@ -97,9 +135,65 @@ def ssd(
         ``return_final_states`` the fp32 (float64 for float64 inputs) state after the last token,
         ``(batch, heads, headdim, d_state)``.
     """
-    _check_ssd_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_limit, initial_states, seq_idx)
-    select_backend("ssd", backend, x.device, has_triton=False)
-    return ssd_reference(
+    _check_ssd_args((), x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_limit, initial_states, seq_idx)
+    triton_op = _triton_or_none("ssd", backend, x, dt, A, B, C, z)
+    implementation = ssd_reference if triton_op is None else triton_op.ssd_triton
+    return implementation(
         x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx,
         return_final_states,
+    )
+
+
+def bidirectional_ssd(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int = 256,
+    D: Optional[torch.Tensor] = None,
+    z: Optional[torch.Tensor] = None,
+    dt_bias: Optional[torch.Tensor] = None,
+    dt_softplus: bool = False,
+    dt_limit: Tuple[float, float] = DEFAULT_DT_LIMIT,
+    initial_states: Optional[torch.Tensor] = None,
+    seq_idx: Optional[torch.Tensor] = None,
+    return_final_states: bool = False,
+    average: bool = False,
+    backend: Optional[str] = None,
+):
+    """A left-to-right and a right-to-left SSD with separate per-direction parameters, summed.
+
+    Same conventions as :func:`bidirectional_selective_scan`: every per-direction argument has a
+    leading axis of size 2, index 0 scanning left to right and index 1 right to left, and every
+    tensor is in natural token order (the reversed direction reads the sequence backwards; the
+    caller flips nothing). Per direction the recurrence is :func:`ssd`'s.
+
+    Args:
+        x: ``(batch, length, heads, headdim)`` read by both directions, or ``(2, batch, length,
+            heads, headdim)`` one per direction (a mixer whose directions have their own conv).
+        dt: ``(2, batch, length, heads)``; ``dt_softplus`` and ``dt_limit`` apply to both.
+        A: ``(2, heads)``; D: ``(2, heads)`` or ``(2, heads, headdim)``; dt_bias: ``(2, heads)``.
+        B, C: shared ``(batch, length, groups, d_state)`` (both directions read the same B/C, so
+            the kernels compute each chunk's ``C Bᵀ`` once), or per direction ``(2, batch, length,
+            groups, d_state)``; C has B's layout.
+        z: ``(batch, length, heads, headdim)``, shared: ``out = (y_fwd + y_rev) * silu(z)``.
+        initial_states: ``(2, batch, heads, headdim, d_state)``; the reversed direction's state
+            enters after the last token.
+        seq_idx: ``(batch, length)``: the state resets at every boundary in BOTH directions (the
+            reversed direction restarts at each segment's last token).
+        average: halve the sum, before the gate.
+        chunk_size, backend: as :func:`ssd`.
+
+    Returns:
+        ``out`` ``(batch, length, heads, headdim)`` in ``x``'s dtype; with ``return_final_states``
+        also the fp32 (float64 for float64 inputs) states ``(2, batch, heads, headdim, d_state)``:
+        forward after the last token, reversed after the first.
+    """
+    _check_ssd_args((2,), x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_limit, initial_states, seq_idx)
+    triton_op = _triton_or_none("bidirectional_ssd", backend, x, dt, A, B, C, z)
+    implementation = bidirectional_ssd_reference if triton_op is None else triton_op.bidirectional_ssd_triton
+    return implementation(
+        x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx,
+        return_final_states, average,
     )

@@ -24,6 +24,10 @@ sequence boundary (a log-decay of -inf, see ``seq_idx``) would turn them into na
 States and accumulation are fp32 (float64 when an input is float64). Under autograd the
 quadratic part is checkpointed, so training stores no ``(chunk, chunk)`` matrices. This is the
 CPU path and the oracle for the Triton kernels.
+
+The bidirectional SSD adds a second scan that runs right to left. Here it is the same chunked
+algorithm on the time-flipped inputs, its output flipped back; the Triton kernels read the
+reversed direction by index instead of materialising flipped copies.
 """
 from __future__ import annotations
 
@@ -194,3 +198,40 @@ def ssd_reference(
         y = y * F.silu(z.to(y.dtype))
     out = y.to(x.dtype)
     return (out, final_states) if return_final_states else out
+
+
+def _of_direction(t: torch.Tensor, direction: int) -> torch.Tensor:
+    """``x``, ``B`` or ``C`` of one direction: shared (4-D) or per direction (5-D, leading axis 2)."""
+    return t if t.dim() == 4 else t[direction]
+
+
+def bidirectional_ssd_reference(
+    x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
+    dt_limit=DEFAULT_DT_LIMIT, initial_states=None, seq_idx=None, return_final_states=False, average=False,
+):
+    """Reference bidirectional SSD: the forward scan, plus a scan of the flipped sequence flipped back.
+
+    Same arguments and returns as :func:`mambazoo_kernels.bidirectional_ssd`. Flipping ``seq_idx``
+    makes the reversed scan restart at every segment's last token (``ssd_fp32`` resets wherever
+    the id changes, in either direction).
+    """
+    outputs, finals = [], []
+    for direction in range(2):
+        flip = (lambda t: t.flip(1)) if direction == 1 else (lambda t: t)
+        dt_dir = process_dt(dt[direction], None if dt_bias is None else dt_bias[direction], dt_softplus, dt_limit)
+        y, final = ssd_fp32(
+            flip(_of_direction(x, direction)), flip(dt_dir), A[direction],
+            flip(_of_direction(B, direction)), flip(_of_direction(C, direction)), chunk_size,
+            None if D is None else D[direction],
+            None if initial_states is None else initial_states[direction],
+            None if seq_idx is None else flip(seq_idx),
+        )
+        outputs.append(flip(y))
+        finals.append(final)
+    y = outputs[0] + outputs[1]
+    if average:
+        y = y * 0.5
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    out = y.to(x.dtype)
+    return (out, torch.stack(finals)) if return_final_states else out

@@ -1,0 +1,491 @@
+"""Real-shape check and timing of the Triton SSD (Mamba-2) kernels (one GPU).
+
+Run from the repository root::
+
+    PYTHONUNBUFFERED=1 PYTHONPATH=.:kernels python3 benchmarks/ssd.py --out DIR
+
+Phases (``--phases``, comma separated, default all):
+
+* ``warmup``: compile every kernel variant the other phases use, in parallel processes that
+  share Triton's on-disk cache (one job per (d_state, single/packed/bidirectional, segmented or
+  not), each compiling its forward and backward).
+* ``check``: bf16 inputs, Triton vs the PyTorch reference in fp32 on the same (rounded) inputs,
+  relative L2 error of the output, final states and every gradient, at the FACTS.md shapes; the
+  packed varlen row; the bidirectional op against two reference runs.
+* ``time``: ``triton.testing.do_bench`` medians of forward and forward+backward per row, each as
+  a fraction of the memory and bf16-matmul limits (FACTS.md section 1 formulas) and against
+  mamba_ssm 2.3.2's ``mamba_chunk_scan_combined`` (chunk 256); the bidirectional op in one launch
+  vs two single-direction calls with flips.
+* ``big``: a forward over more than 2^31 elements of x, the last head of the last batch row (all
+  of its offsets past 2^31) checked against the reference (64-bit offsets).
+
+Writes ``ssd_<date>.json`` (and ``ssd_<date>.png`` after ``time``) into ``--out``, saved after
+every phase. ``--dry-run`` runs the same code on the CPU under ``TRITON_INTERPRET=1`` at tiny
+shapes.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import datetime
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+
+DRY = "--dry-run" in sys.argv
+if DRY:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from mambazoo_kernels.ssd import triton_op  # noqa: E402
+from mambazoo_kernels.ssd.reference import ssd_reference  # noqa: E402
+
+# name: (batch, length, heads, headdim, d_state), mamba_ssm 2.3.2 fwd / fwd+bwd ms (FACTS.md
+# section 1; None where FACTS has no anchor), sequences packed per row (seq_idx) or 1.
+SHAPES = {
+    "vim_s_224": ((128, 197, 12, 64, 64), 1.225, 4.94, 1),
+    "vim_s_1024": ((8, 4097, 12, 64, 64), 0.686, 3.93, 1),
+    "lm_8k": ((4, 8192, 32, 64, 128), 0.957, 5.89, 1),
+    "dna_131k": ((1, 131072, 8, 64, 128), 1.198, 5.46, 1),
+    # The Vim-S 1024 work as one packed row of 8 sequences (varlen, seq_idx); no mamba_ssm anchor.
+    "packed_8x4097": ((1, 8 * 4097, 12, 64, 64), None, None, 8),
+}
+DRY_SHAPES = {
+    "vim_s_224": ((2, 37, 2, 16, 16), 1.225, 4.94, 1),
+    "dna_131k": ((1, 300, 2, 16, 16), 1.198, 5.46, 1),
+    "packed_8x4097": ((1, 3 * 41, 2, 16, 16), None, None, 3),
+}
+BIDIR_ROWS = ("vim_s_224", "vim_s_1024")
+BYTES_PER_S = 4.22e12  # device-to-device copy, read + write
+MATMUL_FLOPS = 790e12  # bf16 8192^3 matmul
+ISSUE_TARGETS = {"fwd": {"vim_s_224": 2.0, "default": 1.3}, "fwdbwd": 1.5, "bidir": 1.6}
+# Tilings besides the automatic one: (chunk, block_p, fwd_warps, bwd_warps).
+CONFIGS = {"c64w8": (64, 64, 8, 8), "c128w8": (128, 64, 8, 8), "c64p32": (64, 32, 4, 4)}
+
+
+def device():
+    return torch.device("cpu" if DRY else "cuda")
+
+
+def sync():
+    if not DRY:
+        torch.cuda.synchronize()
+
+
+def set_config(spec, segments=None):
+    triton_op.CONFIG = None if spec is None else triton_op.SSDConfig(*spec, segments=segments)
+
+
+def make_args(batch, length, heads, headdim, d_state, n_seqs=1, bidir=False, z=False, seed=0, grad=False):
+    """Mamba-2-like inputs as the FACTS anchors ran them: bf16 x/B/C(/z), fp32 dt, one group,
+    A in [-16, -1], dt = softplus(dt + dt_bias) in [1e-3, 1e-1], D per head."""
+    g = torch.Generator(device=device()).manual_seed(seed)
+    dev = device()
+    lead = (2,) if bidir else ()
+
+    def randn(*shape, dtype=torch.bfloat16):
+        return torch.randn(*shape, generator=g, device=dev, dtype=torch.float32).to(dtype)
+
+    dt0 = torch.exp(torch.rand(*lead, heads, generator=g, device=dev) * (math.log(0.1) - math.log(1e-3))
+                    + math.log(1e-3))
+    args = dict(
+        x=randn(batch, length, heads, headdim),
+        dt=randn(*lead, batch, length, heads, dtype=torch.float32) * 0.5,
+        A=-torch.empty(*lead, heads, device=dev).uniform_(1, 16, generator=g),
+        B=randn(batch, length, 1, d_state),
+        C=randn(batch, length, 1, d_state),
+        D=torch.ones(*lead, heads, device=dev),
+        z=randn(batch, length, heads, headdim) if z else None,
+        dt_bias=torch.log(torch.expm1(dt0)),
+        dt_softplus=True,
+        seq_idx=None,
+    )
+    if n_seqs > 1:
+        args["seq_idx"] = (torch.arange(length, device=dev) * n_seqs // length).to(torch.int32).expand(batch, -1)
+    if grad:
+        for v in args.values():
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                v.requires_grad_()
+    return args
+
+
+def leaves(args):
+    return [v for v in args.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+
+
+def rel(x, ref):
+    x, ref = x.double(), ref.double()
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def upcast(args):
+    return {k: (v.detach().float().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor)
+                and v.is_floating_point() else v) for k, v in args.items()}
+
+
+def two_single_calls(args, average=True, op=None):
+    """What a bidirectional layer does without the fused op: two calls, flips around the second."""
+    op = op or triton_op.ssd_triton
+    flip = lambda t: None if t is None else t.flip(1)  # noqa: E731
+    common = dict(dt_softplus=True)
+    y_f = op(args["x"], args["dt"][0], args["A"][0], args["B"], args["C"], D=args["D"][0],
+             dt_bias=args["dt_bias"][0], **common)
+    y_r = op(flip(args["x"]), flip(args["dt"][1]), args["A"][1], flip(args["B"]), flip(args["C"]),
+             D=args["D"][1], dt_bias=args["dt_bias"][1], **common)
+    out = y_f + flip(y_r)
+    out = out * 0.5 if average else out
+    return out * F.silu(args["z"]) if args["z"] is not None else out
+
+
+# ----------------------------------------------------------------------------------------------
+# warmup
+
+
+def _warm(d_state, kind, segments, spec):
+    """Compile forward and backward of one variant (``kind``: single/packed/bidir) in its own process."""
+    set_config(spec, segments)
+    start = time.time()
+    shape = (1, 90, 2, 16, 16) if DRY else (1, 1100, 2, 64, d_state)
+    args = make_args(*shape, n_seqs=3 if kind == "packed" else 1, bidir=kind == "bidir", z=kind == "bidir",
+                     grad=True)
+    if kind == "bidir":
+        out = triton_op.bidirectional_ssd_triton(**args, average=True)
+    else:
+        out = triton_op.ssd_triton(**args)
+    out.float().sum().backward()
+    sync()
+    return f"N={d_state} {kind} segments={segments} {spec} in {time.time() - start:.0f} s"
+
+
+def phase_warmup(shapes, configs, log):
+    jobs = set()
+    for name, (shape, _, _, n_seqs) in shapes.items():
+        kinds = ["packed" if n_seqs > 1 else "single"] + (["bidir"] if name in BIDIR_ROWS else [])
+        for kind in kinds:
+            for spec in [None] + [CONFIGS[c] for c in configs if kind == "single"]:
+                for segments in (1, 2):
+                    jobs.add((shape[4], kind, segments, spec))
+    jobs = sorted(jobs, key=str)
+    start = time.time()
+    if DRY:
+        for job in jobs[:2]:
+            log("  " + _warm(*job))
+        return {"jobs": len(jobs), "seconds": time.time() - start}
+    ctx = multiprocessing.get_context("spawn")
+    workers = min(len(jobs), max(1, (os.cpu_count() or 4) - 1))
+    with futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        for done in futures.as_completed([pool.submit(_warm, *job) for job in jobs]):
+            log(f"  compiled {done.result()}  ({time.time() - start:.0f} s)")
+    return {"jobs": len(jobs), "workers": workers, "seconds": time.time() - start}
+
+
+# ----------------------------------------------------------------------------------------------
+# check
+
+
+def check_row(shape, n_seqs=1, bidirectional=False):
+    """Relative errors of the Triton op against the reference on fp32 copies of the same inputs:
+    output, final states and every gradient (one random cotangent for each)."""
+    args = make_args(*shape, n_seqs=n_seqs, bidir=bidirectional, z=bidirectional, seed=1, grad=True)
+    ref_args = upcast(args)
+    if bidirectional:
+        out = triton_op.bidirectional_ssd_triton(**args, average=True)
+        ref = two_single_calls(ref_args, op=ssd_reference)
+        res = {"out": rel(out, ref)}
+        outputs, ref_outputs = (out,), (ref,)
+    else:
+        out, state = triton_op.ssd_triton(**args, return_final_states=True)
+        ref, ref_state = ssd_reference(**ref_args, return_final_states=True)
+        res = {"out": rel(out, ref), "final_states": rel(state, ref_state)}
+        outputs, ref_outputs = (out, state), (ref, ref_state)
+    cot = [torch.randn_like(o, dtype=torch.float32) for o in outputs]
+    got = torch.autograd.grad(outputs, leaves(args), [c.to(o.dtype) for c, o in zip(cot, outputs)])
+    want = torch.autograd.grad(ref_outputs, leaves(ref_args), cot)
+    names = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+    res.update({f"d{n}": rel(a, b) for n, a, b in zip(names, got, want)})
+    return res
+
+
+def phase_check(shapes, log):
+    set_config(None)
+    results = {}
+    for name, (shape, _, _, n_seqs) in shapes.items():
+        start = time.time()
+        results[name] = check_row(shape, n_seqs)
+        log(f"  {name:13s} {fmt_errors(results[name])} ({time.time() - start:.1f} s)")
+        if name in BIDIR_ROWS:
+            start = time.time()
+            results[name + "_bidir"] = check_row(shape, bidirectional=True)
+            log(f"  {name:13s} bidir {fmt_errors(results[name + '_bidir'])} ({time.time() - start:.1f} s)")
+        if not DRY:
+            torch.cuda.empty_cache()
+    worst = max(v for r in results.values() for v in r.values())
+    return {"errors": results, "worst": worst, "passed": worst < 2e-2}
+
+
+def fmt_errors(res):
+    return " ".join(f"{k}={v:.1e}" for k, v in res.items())
+
+
+# ----------------------------------------------------------------------------------------------
+# time
+
+
+def bench(fn, grad_to_none=None):
+    if DRY:
+        fn()
+        start = time.time()
+        fn()
+        return (time.time() - start) * 1e3
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
+
+
+def limits(shape, chunk, ndir=1, z=False):
+    """(memory ms, matmul ms) lower bounds, FACTS.md section 1 (bf16, one group): forward, and
+    forward + backward (bytes of both passes; flops 3x the forward's, the usual ratio)."""
+    batch, length, heads, headdim, d_state = shape
+    groups = 1
+    bytes_fwd = 2 * batch * length * (2 * heads * headdim + 2 * groups * d_state + ndir * heads
+                                      + (heads * headdim if z else 0))
+    # backward: read x, dout (z), dt, B, C; write dx (dz), ddt, dB, dC
+    bytes_bwd = 2 * batch * length * (3 * heads * headdim + 4 * groups * d_state + 2 * ndir * heads
+                                      + (2 * heads * headdim if z else 0))
+    flops = ndir * 2 * batch * length * (groups * chunk * d_state / 2 + heads * chunk * headdim / 2
+                                         + 2 * heads * d_state * headdim)
+    return ((bytes_fwd / BYTES_PER_S * 1e3, flops / MATMUL_FLOPS * 1e3),
+            ((bytes_fwd + bytes_bwd) / BYTES_PER_S * 1e3, 3 * flops / MATMUL_FLOPS * 1e3))
+
+
+def time_single(shape, n_seqs):
+    args = make_args(*shape, n_seqs=n_seqs, seed=3)
+    with torch.no_grad():
+        fwd = bench(lambda: triton_op.ssd_triton(**args))
+    gargs = make_args(*shape, n_seqs=n_seqs, seed=3, grad=True)
+    dout = torch.randn(shape[:4], device=device(), dtype=torch.bfloat16)
+    return fwd, bench(lambda: triton_op.ssd_triton(**gargs).backward(dout), grad_to_none=leaves(gargs))
+
+
+def time_bidir(shape):
+    args = make_args(*shape, bidir=True, z=True, seed=4)
+    with torch.no_grad():
+        fused = bench(lambda: triton_op.bidirectional_ssd_triton(**args, average=True))
+        two = bench(lambda: two_single_calls(args))
+    gargs = make_args(*shape, bidir=True, z=True, seed=4, grad=True)
+    dout = torch.randn(shape[:4], device=device(), dtype=torch.bfloat16)
+    fused_bwd = bench(lambda: triton_op.bidirectional_ssd_triton(**gargs, average=True).backward(dout),
+                      grad_to_none=leaves(gargs))
+    two_bwd = bench(lambda: two_single_calls(gargs).backward(dout), grad_to_none=leaves(gargs))
+    return fused, two, fused_bwd, two_bwd
+
+
+def phase_time(shapes, configs, log):
+    rows = {}
+    for name, (shape, ref_fwd, ref_fwdbwd, n_seqs) in shapes.items():
+        row = rows.setdefault(name, {"shape": shape, "packed_sequences": n_seqs,
+                                     "mamba_ssm_ms": [ref_fwd, ref_fwdbwd], "configs": {}})
+        for cname, spec in [("auto", None)] + [(c, CONFIGS[c]) for c in configs]:
+            set_config(spec)
+            chunk = (spec or (triton_op.SSDConfig().chunk,))[0]
+            try:
+                fwd, fwdbwd = time_single(shape, n_seqs)
+            except Exception as exc:  # one failing tiling must not lose the others
+                log(f"  {name} {cname} FAILED: {exc!r}")
+                row["configs"][cname] = {"error": repr(exc)}
+                continue
+            (mem_f, mm_f), (mem_b, mm_b) = limits(shape, chunk)
+            c = row["configs"][cname] = {
+                "spec": spec, "fwd_ms": fwd, "fwdbwd_ms": fwdbwd,
+                "fwd_frac_mem": mem_f / fwd, "fwd_frac_matmul": mm_f / fwd,
+                "fwdbwd_frac_mem": mem_b / fwdbwd, "fwdbwd_frac_matmul": mm_b / fwdbwd,
+                "fwd_speedup": ref_fwd / fwd if ref_fwd else None,
+                "fwdbwd_speedup": ref_fwdbwd / fwdbwd if ref_fwdbwd else None,
+            }
+            vs = lambda s: f"{s:.2f}x mamba_ssm, " if s else ""  # noqa: E731
+            log(f"  {name:13s} {cname:6s} fwd {fwd:7.3f} ms ({vs(c['fwd_speedup'])}mem {c['fwd_frac_mem']:.0%}, "
+                f"mm {c['fwd_frac_matmul']:.0%})  fwd+bwd {fwdbwd:7.3f} ms ({vs(c['fwdbwd_speedup'])}"
+                f"mem {c['fwdbwd_frac_mem']:.0%}, mm {c['fwdbwd_frac_matmul']:.0%})")
+        set_config(None)
+        if name in BIDIR_ROWS:
+            try:
+                fused, two, fused_bwd, two_bwd = time_bidir(shape)
+                (mem_f, mm_f), _ = limits(shape, triton_op.SSDConfig().chunk, ndir=2, z=True)
+                row["bidir"] = {"fused_fwd_ms": fused, "two_calls_fwd_ms": two, "fused_fwdbwd_ms": fused_bwd,
+                                "two_calls_fwdbwd_ms": two_bwd, "fwd_ratio": two / fused,
+                                "fwdbwd_ratio": two_bwd / fused_bwd,
+                                "fused_fwd_frac_mem": mem_f / fused, "fused_fwd_frac_matmul": mm_f / fused}
+                log(f"  {name:13s} bidir fused fwd {fused:.3f} ms vs two calls {two:.3f} ms ({two / fused:.2f}x); "
+                    f"fwd+bwd {fused_bwd:.3f} vs {two_bwd:.3f} ms ({two_bwd / fused_bwd:.2f}x)")
+            except Exception as exc:
+                log(f"  {name} bidir FAILED: {exc!r}")
+                row["bidir"] = {"error": repr(exc)}
+        if not DRY:
+            torch.cuda.empty_cache()
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# big
+
+
+def phase_big(log):
+    """Forward over > 2^31 elements of x; the last head of the last batch row (offsets past 2^31)
+    against the reference on that head alone (heads are independent)."""
+    set_config(None)
+    shape = (2, 70, 3, 16, 16) if DRY else (2, (1 << 20) + 1, 16, 64, 64)
+    batch, length, heads, headdim, d_state = shape
+    args = make_args(*shape, seed=5)
+    start = time.time()
+    with torch.no_grad():
+        out, state = triton_op.ssd_triton(**args, return_final_states=True)
+    sync()
+    elapsed = time.time() - start
+    last = dict(args, x=args["x"][-1:, :, -1:], dt=args["dt"][-1:, :, -1:], A=args["A"][-1:], B=args["B"][-1:],
+                C=args["C"][-1:], D=args["D"][-1:], dt_bias=args["dt_bias"][-1:])
+    with torch.no_grad():
+        ref, ref_state = ssd_reference(**upcast(last), return_final_states=True)
+    res = {"elements": batch * length * heads * headdim,
+           "first_checked_offset": ((batch - 1) * length * heads + heads - 1) * headdim,
+           "out": rel(out[-1:, :, -1:], ref), "final_state": rel(state[-1:, -1:], ref_state),
+           "seconds_incl_first_call": elapsed}
+    log(f"  {res}")
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    best = {n: min((c for c in rows[n]["configs"].values() if "fwd_ms" in c), key=lambda c: c["fwd_ms"], default=None)
+            for n in names}
+    best_b = {n: min((c for c in rows[n]["configs"].values() if "fwdbwd_ms" in c), key=lambda c: c["fwdbwd_ms"],
+                     default=None) for n in names}
+    x = range(len(names))
+    w = 0.27
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax = axes[0]
+    ax.bar([i - w for i in x], [(best[n] or {}).get("fwd_speedup") or 0 for n in names], w, label="fwd")
+    ax.bar(list(x), [(best_b[n] or {}).get("fwdbwd_speedup") or 0 for n in names], w, label="fwd+bwd")
+    ax.bar([i + w for i in x], [rows[n].get("bidir", {}).get("fwd_ratio", 0) for n in names], w,
+           label="bidir one launch / two calls (fwd)")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(list(x), names, rotation=20)
+    ax.set_ylabel("speed-up (x)")
+    ax.set_title("Triton SSD vs mamba_ssm 2.3.2 mamba_chunk_scan_combined")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    ax.bar([i - w / 2 for i in x], [(best[n] or {}).get("fwd_frac_mem", 0) for n in names], w, label="fwd: memory")
+    ax.bar([i + w / 2 for i in x], [(best[n] or {}).get("fwd_frac_matmul", 0) for n in names], w,
+           label="fwd: bf16 matmul")
+    ax.set_xticks(list(x), names, rotation=20)
+    ax.set_ylabel("fraction of limit")
+    ax.set_title("forward: fraction of the two limits")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def targets_met(rows):
+    met = {}
+    for name, row in rows.items():
+        cfgs = [c for c in row["configs"].values() if c.get("fwd_speedup")]
+        if not cfgs:
+            continue
+        best_f = max(c["fwd_speedup"] for c in cfgs)
+        best_b = max(c["fwdbwd_speedup"] for c in cfgs)
+        t_f = ISSUE_TARGETS["fwd"].get(name, ISSUE_TARGETS["fwd"]["default"])
+        auto = row["configs"].get("auto", {})
+        met[name] = {"fwd_auto": auto.get("fwd_speedup"), "fwd_best": best_f, "fwd_target": t_f,
+                     "fwd_met": best_f >= t_f, "fwdbwd_auto": auto.get("fwdbwd_speedup"), "fwdbwd_best": best_b,
+                     "fwdbwd_target": ISSUE_TARGETS["fwdbwd"], "fwdbwd_met": best_b >= ISSUE_TARGETS["fwdbwd"]}
+        if "fwd_ratio" in row.get("bidir", {}):
+            met[name]["bidir_ratio"] = row["bidir"]["fwd_ratio"]
+            met[name]["bidir_met"] = row["bidir"]["fwd_ratio"] >= ISSUE_TARGETS["bidir"]
+    return met
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
+    parser.add_argument("--phases", default="warmup,check,time,big")
+    parser.add_argument("--configs", default="", help="tilings tried besides auto, from " + ",".join(CONFIGS))
+    parser.add_argument("--shapes", default=None, help="comma-separated subset of " + ",".join(SHAPES))
+    parser.add_argument("--tag", default="", help="appended to the result file names")
+    parser.add_argument("--dry-run", action="store_true", help="CPU, interpreter, tiny shapes")
+    opts = parser.parse_args()
+    os.makedirs(opts.out, exist_ok=True)
+    shapes = DRY_SHAPES if DRY else SHAPES
+    if opts.shapes:
+        shapes = {k: v for k, v in shapes.items() if k in opts.shapes.split(",")}
+    configs = [c for c in opts.configs.split(",") if c]
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d")
+    log_lines = []
+
+    def log(msg):
+        print(msg, flush=True)
+        log_lines.append(msg)
+
+    import triton
+
+    report = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "gpu": "cpu (interpreter)" if DRY else torch.cuda.get_device_name(),
+        "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+        "dtype": "bf16 x/B/C/z, fp32 dt/A/D/dt_bias, softplus, D per head, one group; z only in the bidirectional rows",
+        "limits": {"bytes_per_s": BYTES_PER_S, "matmul_flops": MATMUL_FLOPS},
+        "default_config": triton_op.SSDConfig().__dict__, "configs": CONFIGS, "phases": {},
+    }
+    path = os.path.join(opts.out, f"ssd_{stamp}{'_' + opts.tag if opts.tag else ''}")
+
+    def save():
+        with open(path + ".json", "w") as f:
+            json.dump(report, f, indent=1, default=str)
+
+    for phase in opts.phases.split(","):
+        log(f"== {phase}")
+        start = time.time()
+        try:
+            if phase == "warmup":
+                report["phases"]["warmup"] = phase_warmup(shapes, configs, log)
+            elif phase == "check":
+                report["phases"]["check"] = phase_check(shapes, log)
+            elif phase == "time":
+                rows = phase_time(shapes, configs, log)
+                report["phases"]["time"] = rows
+                report["targets"] = targets_met(rows)
+                plot(rows, path + ".png")
+            elif phase == "big":
+                report["phases"]["big"] = phase_big(log)
+        except Exception:
+            log(traceback.format_exc())
+            report["phases"][phase] = {"error": traceback.format_exc()}
+        log(f"   ({time.time() - start:.0f} s)")
+        save()
+    if "targets" in report:
+        log("== targets (best tiling; auto in parentheses)")
+        for name, t in report["targets"].items():
+            log(f"  {name:13s} fwd {t['fwd_best']:.2f}x ({t['fwd_auto'] or 0:.2f}x) target {t['fwd_target']}x "
+                f"{'MET' if t['fwd_met'] else 'missed'} | fwd+bwd {t['fwdbwd_best']:.2f}x "
+                f"({t['fwdbwd_auto'] or 0:.2f}x) target {t['fwdbwd_target']}x {'MET' if t['fwdbwd_met'] else 'missed'}"
+                + (f" | bidir {t['bidir_ratio']:.2f}x {'MET' if t['bidir_met'] else 'missed'}" if "bidir_ratio" in t
+                   else ""))
+    report["log"] = log_lines
+    save()
+
+
+if __name__ == "__main__":
+    main()

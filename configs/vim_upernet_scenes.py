@@ -1,0 +1,165 @@
+# UperNet on a Vim simple-pyramid backbone, trained from scratch on the composite scenes: a small
+# ADE20k-format set of real images (Fashion-MNIST product photos pasted with their silhouettes on
+# real textures and photographs from scikit-image; mambazoo/data/scenes.py), built into
+# data/scenes on first use (seconds). 13 classes (brick, grass, gravel, 10 clothing items);
+# label 0 ("other": photo backgrounds) is ignored through reduce_zero_label, as in ADE20k.
+# Same pipeline, segmentor, metric and schedule shape as configs/vim_tiny_upernet_ade20k.py,
+# scaled down (128 px scenes, 96 px crops).
+#
+# CPU (default, 2 cores): a 4-block test_vim (embed 64, patch 8):
+#   python tools/train.py configs/vim_upernet_scenes.py
+#
+# One GPU (H200, ~2 min): vim_tiny (24 blocks, 4 taps like the official recipe) on 256 px crops
+# of 512 px scenes, bf16 autocast, batch 16:
+#   python tools/train.py configs/vim_upernet_scenes.py --work-dir work_dirs/scenes_gpu --cfg-options \
+#     data_root=data/scenes512 train_dataloader.dataset.data_root=data/scenes512 \
+#     val_dataloader.dataset.data_root=data/scenes512 test_dataloader.dataset.data_root=data/scenes512 \
+#     train_dataloader.dataset.build.size=512 val_dataloader.dataset.build.size=512 \
+#     test_dataloader.dataset.build.size=512 \
+#     train_dataloader.dataset.build.num_train=2000 val_dataloader.dataset.build.num_train=2000 \
+#     test_dataloader.dataset.build.num_train=2000 \
+#     train_dataloader.dataset.pipeline.2.scale="(2048,512)" train_dataloader.dataset.pipeline.3.crop_size="(256,256)" \
+#     val_dataloader.dataset.pipeline.1.scale="(2048,512)" test_dataloader.dataset.pipeline.1.scale="(2048,512)" \
+#     model.data_preprocessor.size="(256,256)" model.backbone.model_name=vim_tiny model.backbone.depth=24 \
+#     model.backbone.patch_size=16 model.backbone.embed_dim=192 model.backbone.d_state=16 \
+#     model.backbone.img_size=256 model.backbone.out_indices="(5,11,17,23)" model.backbone.out_channels=192 \
+#     model.decode_head.in_channels="[192,192,192,192]" model.decode_head.channels=192 \
+#     model.auxiliary_head.in_channels=192 train_dataloader.batch_size=16 train_dataloader.num_workers=8 \
+#     val_dataloader.num_workers=4 test_dataloader.num_workers=4 \
+#     optim_wrapper.type=AutocastOptimWrapper optim_wrapper.dtype=bfloat16 optim_wrapper.optimizer.lr=4e-4 \
+#     train_cfg.max_iters=1500 train_cfg.val_interval=500 default_hooks.checkpoint.interval=500 \
+#     param_scheduler.1.end=1500 torch_num_threads=0
+custom_imports = dict(imports=["mambazoo.data", "mambazoo.engine"], allow_failed_imports=False)
+default_scope = "mmengine"
+
+data_root = "data/scenes"  # gitignored; built on first use
+scene_build = dict(num_train=300, num_val=100, size=128, seed=0, fashion_mnist_root="data")
+crop_size = (96, 96)
+num_classes = 13
+max_iters = 400
+val_interval = 200
+
+model = dict(
+    type="SegEncoderDecoder",
+    data_preprocessor=dict(
+        type="SegDataPreProcessor",
+        mean=[123.675, 116.28, 103.53],  # ImageNet, 0-255 scale
+        std=[58.395, 57.12, 57.375],
+        size=crop_size,
+        pad_val=0,
+        seg_pad_val=255,
+    ),
+    backbone=dict(
+        type="VimPyramidBackbone",
+        model_name="test_vim",
+        depth=4,
+        patch_size=8,
+        embed_dim=64,
+        d_state=8,
+        img_size=crop_size[0],  # nominal pos_embed grid; other sizes are resampled on the fly
+        out_indices=(0, 1, 2, 3),  # one tap per pyramid level, as the official recipe's 5/11/17/23
+        out_channels=64,
+        strides=(4, 8, 16, 32),
+        top_block_pool=False,
+    ),
+    decode_head=dict(
+        type="UperNetHead",
+        in_channels=[64, 64, 64, 64],
+        num_classes=num_classes,
+        channels=64,
+        pool_scales=(1, 2, 3, 6),
+        norm="BN",
+        dropout_ratio=0.1,
+        loss_weight=1.0,
+    ),
+    auxiliary_head=dict(
+        type="FCNHead",
+        in_channels=64,
+        in_index=2,  # stride 16
+        num_classes=num_classes,
+        channels=64,
+        num_convs=1,
+        norm="BN",
+        dropout_ratio=0.1,
+        loss_weight=0.4,
+    ),
+    test_cfg=dict(mode="whole"),
+)
+
+train_pipeline = [
+    dict(type="LoadSegImage"),
+    dict(type="LoadSegAnnotations"),  # reduce_zero_label from the dataset
+    dict(type="SegRandomResize", scale=(512, 128), ratio_range=(0.5, 2.0)),  # ADE20k's (2048, 512) / 4
+    dict(type="SegRandomCrop", crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type="SegRandomFlip", prob=0.5),
+    dict(type="SegPhotoMetricDistortion"),
+    dict(type="PackSegInputs"),
+]
+test_pipeline = [
+    dict(type="LoadSegImage"),
+    dict(type="SegResize", scale=(512, 128), keep_ratio=True),
+    dict(type="LoadSegAnnotations"),  # after the resize: scored at the original size
+    dict(type="PackSegInputs"),
+]
+train_dataloader = dict(
+    batch_size=8,
+    num_workers=1,
+    persistent_workers=True,
+    sampler=dict(type="InfiniteSampler", shuffle=True),
+    dataset=dict(
+        type="CompositeScenesDataset", data_root=data_root, split="training", build=scene_build,
+        pipeline=train_pipeline,
+    ),
+)
+val_dataloader = dict(
+    batch_size=8,
+    num_workers=1,
+    persistent_workers=True,
+    sampler=dict(type="DefaultSampler", shuffle=False),
+    dataset=dict(
+        type="CompositeScenesDataset", data_root=data_root, split="validation", build=scene_build,
+        pipeline=test_pipeline,
+    ),
+)
+test_dataloader = val_dataloader
+val_evaluator = dict(type="IoUMetric")
+test_evaluator = val_evaluator
+
+train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=val_interval)
+val_cfg = dict(type="ValLoop")
+test_cfg = dict(type="TestLoop")
+
+# The official recipe's optimizer (AdamW, wd 0.05) with a from-scratch lr and no layer decay;
+# timm's factory keeps A_log / D / pos_embed / norms / biases out of weight decay.
+optim_wrapper = dict(
+    type="OptimWrapper",
+    constructor="TimmOptimWrapperConstructor",
+    optimizer=dict(type="adamw", lr=2e-3, betas=(0.9, 0.999), weight_decay=0.05),
+    clip_grad=dict(max_norm=1.0),
+)
+param_scheduler = [
+    dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=50),
+    dict(type="PolyLR", eta_min=0.0, power=1.0, by_epoch=False, begin=50, end=max_iters),
+]
+
+default_hooks = dict(
+    timer=dict(type="IterTimerHook"),
+    logger=dict(type="LoggerHook", interval=20, log_metric_by_epoch=False),  # lines carry the ETA
+    param_scheduler=dict(type="ParamSchedulerHook"),
+    checkpoint=dict(type="AtomicCheckpointHook", by_epoch=False, interval=val_interval, max_keep_ckpts=2),
+    sampler_seed=dict(type="DistSamplerSeedHook"),
+)
+custom_hooks = [dict(type="NonFiniteLossHook"), dict(type="TrainingCurvesHook")]
+log_processor = dict(by_epoch=False, window_size=20)
+visualizer = dict(type="Visualizer", vis_backends=[dict(type="LocalVisBackend")])
+env_cfg = dict(
+    cudnn_benchmark=False,
+    mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+    dist_cfg=dict(backend="nccl"),
+)
+launcher = "none"
+torch_num_threads = 1  # one core for the model, one for the data worker (see vim_fashion_mnist.py)
+log_level = "INFO"
+randomness = dict(seed=0)
+load_from = None
+resume = False

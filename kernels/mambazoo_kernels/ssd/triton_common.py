@@ -1,0 +1,141 @@
+"""Building blocks shared by the Triton SSD forward and backward kernels.
+
+Only core Triton builtins are used here and in the kernels: ``triton.language.standard``'s
+functions (``tl.sum``, ``tl.cumsum``, ``tl.sigmoid``, ``tl.zeros``) are ``@jit`` functions whose
+interpreter/compiled mode is fixed when triton is first imported, so a process that imported
+triton before setting ``TRITON_INTERPRET=1`` could not run these kernels under the interpreter.
+
+Chunk geometry (both kernels): a program owns one (direction, batch, head, headdim block) and a
+run of chunks of Q tokens. Direction 1 (the reversed scan of the bidirectional op) visits the
+chunks last to first and reads each chunk backwards: row ``c`` of a chunk tile is token
+``k * Q + rev0 + sgn * c`` (``sgn = -1``, ``rev0 = Q - 1``), so both directions run the same code
+in "processing order" and nothing is flipped in memory. Padded rows (token >= L) have dt = 0 and
+x = B = C = 0: they leave every state unchanged wherever they fall.
+"""
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+# Triton's interpreter (3.8) multiplies bf16/fp16 dot operands as raw bits; under it the
+# low-precision operands are rounded to their dtype and multiplied in fp32 (same rounding, same
+# fp32 accumulation as the tensor-core dot).
+_INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def _sum(x, axis: tl.constexpr):
+    return tl.reduce(x, axis, _add)
+
+
+@triton.jit
+def _cumsum(x, axis: tl.constexpr):
+    return tl.associative_scan(x, axis, _add)
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _softplus(x):
+    # log1p(exp(x)) accurate for small exp(x) (Goldberg), identity above 20 like torch.
+    e = tl.exp(tl.minimum(x, 20.0))
+    v = 1.0 + e
+    sp = tl.where(v == 1.0, e, tl.log(v) * (e / (v - 1.0)))
+    return tl.where(x > 20.0, x, sp)
+
+
+@triton.jit
+def _mm(a, b, LOWP: tl.constexpr, dtype: tl.constexpr):
+    """a @ b with fp32 accumulation: operands in ``dtype`` (bf16/fp16 inputs, tensor cores) when
+    ``LOWP``, else exact fp32 (fp32 inputs: no tf32 rounding)."""
+    if LOWP:
+        if _INTERPRETED:
+            return tl.dot(a.to(dtype).to(tl.float32), b.to(dtype).to(tl.float32), out_dtype=tl.float32)
+        else:
+            return tl.dot(a.to(dtype), b.to(dtype), out_dtype=tl.float32)
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee", out_dtype=tl.float32)
+
+
+@triton.jit
+def chunk_setup(dt_base, seq_base, k, L, H, A, bias, dt_min, dt_max, sgn, rev0, offs_c,
+                Q: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                HAS_LIMIT: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """One chunk's token indices, processed dt, cumulative log-decay and sequence masks.
+
+    ``dt_base`` points at (direction, batch, token 0, head) of dt (token stride ``H``),
+    ``seq_base`` at (batch, token 0) of seq_idx. Returns
+    (tok64, valid, dt, cs, cs_last, same_seq, start_ok, end_ok, pass_ok):
+    ``cs[c]`` = sum of dt * A over rows 0..c (processing order); ``same_seq[i, j]`` whether rows i
+    and j are in one sequence; ``start_ok[c]`` whether the state entering the chunk reaches row c;
+    ``end_ok[c]`` whether row c reaches the chunk's end state; ``pass_ok`` whether the entering
+    state reaches the end state (no sequence boundary inside the chunk).
+    """
+    tok = k * Q + rev0 + sgn * offs_c
+    valid = tok < L
+    tok64 = tok.to(tl.int64)
+    dt = tl.load(dt_base + tok64 * H, mask=valid, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt = dt + bias
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    if HAS_LIMIT:
+        dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
+    dt = tl.where(valid, dt, 0.0)
+    cs = _cumsum(dt * A, 0)
+    cs_last = _sum(dt * A, 0)
+    if HAS_SEQ:
+        sq = tl.load(seq_base + tok64, mask=valid, other=0)
+        # The token processed just before the chunk (the first chunk: its own first token, so the
+        # initial state reaches the first sequence) and the chunk's last real token.
+        prev_tok = tl.minimum(tl.maximum(k * Q + rev0 - sgn, 0), L - 1).to(tl.int64)
+        end_tok = tl.minimum(tl.maximum(k * Q + rev0 + sgn * (Q - 1), 0), L - 1).to(tl.int64)
+        sq_prev = tl.load(seq_base + prev_tok)
+        sq_end = tl.load(seq_base + end_tok)
+        same_seq = sq[:, None] == sq[None, :]
+        start_ok = sq == sq_prev
+        end_ok = sq == sq_end
+        pass_ok = sq_end == sq_prev
+    else:
+        same_seq = offs_c[:, None] >= 0
+        start_ok = offs_c >= 0
+        end_ok = offs_c >= 0
+        pass_ok = k >= 0
+    return tok64, valid, dt, cs, cs_last, same_seq, start_ok, end_ok, pass_ok
+
+
+@triton.jit
+def segment_combine_kernel(seg_ptr, decay_ptr, init_ptr, n_rows, n_segs, PN,
+                           BLOCK: tl.constexpr, HAS_INIT: tl.constexpr, REVERSE: tl.constexpr):
+    """Chain segment-local results, one row = (direction, batch, head) of ``PN`` state entries.
+
+    On entry ``seg[row, s]`` is what segment s produces from a zero carry (forward: its end
+    state; backward: the adjoint it passes on), on exit the carry entering segment s. The carry
+    through segment s is multiplied by ``decay[row, s]`` (0 across a sequence boundary).
+    """
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < PN
+    if HAS_INIT:
+        carry = tl.load(init_ptr + row * PN + offs, mask=mask, other=0.0)
+    else:
+        carry = tl.full([BLOCK], 0.0, tl.float32)
+    for i in range(0, n_segs):
+        if REVERSE:
+            s = n_segs - 1 - i
+        else:
+            s = i
+        ptrs = seg_ptr + (row * n_segs + s) * PN + offs
+        local = tl.load(ptrs, mask=mask, other=0.0)
+        tl.store(ptrs, carry, mask=mask)
+        carry = tl.load(decay_ptr + row * n_segs + s) * carry + local

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
+import dataclasses
 import datetime
 import json
 import math
@@ -62,13 +63,17 @@ BYTES_PER_S = 4.22e12  # device-to-device copy, read + write
 ISSUE_TARGETS = {"fwd": {"vim_s_224": 4.0, "default": 2.0}, "fwdbwd": {"vim_s_224": 2.5, "default": 2.0},
                  "bidir": 1.8}
 
-# Tilings tried by the time phase: (chunk, fwd_tile, fwd_warps, bwd_vec, bwd_warps); "auto" is
-# triton_op.default_config (per length).
+# Tilings tried by the time phase: (chunk, fwd_tile, fwd_warps, bwd_vec, bwd_warps[, segments,
+# fwd_maxnreg]) as in triton_op.ScanConfig; "auto" is triton_op.default_config (per length).
 CONFIGS = {
     "c64": (64, 8, 4, 8, 4),
     "c16": (16, 8, 4, 4, 4),
     "t16": (64, 16, 4, 8, 4),
     "w2": (64, 8, 2, 8, 4),
+    "w1": (64, 8, 1, 8, 4),
+    "s4": (64, 8, 4, 8, 4, 4),
+    "r168": (64, 8, 4, 8, 4, None, 168),
+    "r128": (64, 8, 4, 8, 4, None, 128),
 }
 BACKWARD = "--forward-only" not in sys.argv
 
@@ -83,7 +88,12 @@ def sync():
 
 
 def set_config(spec, segments=None):
-    triton_op.CONFIG = None if spec is None else triton_op.ScanConfig(*spec, segments=segments)
+    """Use tiling ``spec`` (a CONFIGS tuple; None: automatic), with ``segments`` if given."""
+    if spec is None:
+        triton_op.CONFIG = None
+        return
+    cfg = triton_op.ScanConfig(*spec)
+    triton_op.CONFIG = cfg if segments is None else dataclasses.replace(cfg, segments=segments)
 
 
 def make_args(batch, dim, length, d_state, ndir=None, seed=0, grad=False, dtype=torch.bfloat16):
@@ -311,6 +321,8 @@ def phase_time(shapes, configs, log):
                 f"mem {c['fwd_frac_mem']:.0%})  fwd+bwd {fwdbwd:7.3f} ms ({c['fwdbwd_speedup']:.2f}x, "
                 f"exp {c['fwdbwd_frac_exp']:.0%}, mem {c['fwdbwd_frac_mem']:.0%})")
         set_config(None)
+        if "--no-bidir" in sys.argv:
+            continue
         try:
             fused, two, fused_bwd, two_bwd = time_bidir(shape)
             exp_f, mem_f = floors(shape, 2, False)
@@ -442,6 +454,7 @@ def main():
     parser.add_argument("--shapes", default=None, help="comma-separated subset of " + ",".join(SHAPES))
     parser.add_argument("--dry-run", action="store_true", help="CPU, interpreter, tiny shapes")
     parser.add_argument("--forward-only", action="store_true", help="no backward compile, check or timing")
+    parser.add_argument("--no-bidir", action="store_true", help="time single-direction calls only")
     opts = parser.parse_args()
     os.makedirs(opts.out, exist_ok=True)
     shapes = DRY_SHAPES if DRY else SHAPES

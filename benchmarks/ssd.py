@@ -16,8 +16,9 @@ Phases (``--phases``, comma separated, default all):
   a fraction of the memory and bf16-matmul limits (FACTS.md section 1 formulas) and against
   mamba_ssm 2.3.2's ``mamba_chunk_scan_combined`` (chunk 256); the bidirectional op in one launch
   vs two single-direction calls with flips.
-* ``big``: a forward over more than 2^31 elements of x, the last head of the last batch row (all
-  of its offsets past 2^31) checked against the reference (64-bit offsets).
+* ``profile``: torch.profiler's kernel table for one row's forward+backward (LM 8k).
+* ``big``: a forward over more than 2^31 elements of x, the last head of the last batch row
+  checked against the reference, and separately its ~40 % of tokens whose offsets pass 2^31.
 
 Writes ``ssd_<date>.json`` (and ``ssd_<date>.png`` after ``time``) into ``--out``, saved after
 every phase. ``--dry-run`` runs the same code on the CPU under ``TRITON_INTERPRET=1`` at tiny
@@ -65,8 +66,11 @@ BIDIR_ROWS = ("vim_s_224", "vim_s_1024")
 BYTES_PER_S = 4.22e12  # device-to-device copy, read + write
 MATMUL_FLOPS = 790e12  # bf16 8192^3 matmul
 ISSUE_TARGETS = {"fwd": {"vim_s_224": 2.0, "default": 1.3}, "fwdbwd": 1.5, "bidir": 1.6}
-# Tilings besides the automatic one: (chunk, block_p, fwd_warps, bwd_warps).
-CONFIGS = {"c64w8": (64, 64, 8, 8), "c128w8": (128, 64, 8, 8), "c64p32": (64, 32, 4, 4)}
+# Tilings besides the automatic one: SSDConfig fields (chunk, block_p, fwd_warps, bwd_warps,
+# segments, target_programs). "c64" was the automatic tiling of the 2026-11-28 runs. block_p 32
+# at d_state 128 hit an illegal address on triton 3.6 (H200, 2026-11-28) and is left out.
+CONFIGS = {"c64": (64, 64), "c32": (32, 64), "w4": (64, 64, 4, 4), "w8": (64, 64, 8, 8),
+           "t16": (64, 64, None, None, None, 16 * 132)}
 
 
 def device():
@@ -79,7 +83,12 @@ def sync():
 
 
 def set_config(spec, segments=None):
-    triton_op.CONFIG = None if spec is None else triton_op.SSDConfig(*spec, segments=segments)
+    if spec is None and segments is None:
+        triton_op.CONFIG = None
+    else:
+        triton_op.CONFIG = triton_op.SSDConfig(*(spec or ()))
+        if segments is not None:
+            triton_op.CONFIG = triton_op.SSDConfig(**{**triton_op.CONFIG.__dict__, "segments": segments})
 
 
 def make_args(batch, length, heads, headdim, d_state, n_seqs=1, bidir=False, z=False, seed=0, grad=False):
@@ -179,10 +188,16 @@ def phase_warmup(shapes, configs, log):
         return {"jobs": len(jobs), "seconds": time.time() - start}
     ctx = multiprocessing.get_context("spawn")
     workers = min(len(jobs), max(1, (os.cpu_count() or 4) - 1))
+    failed = []
     with futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        for done in futures.as_completed([pool.submit(_warm, *job) for job in jobs]):
-            log(f"  compiled {done.result()}  ({time.time() - start:.0f} s)")
-    return {"jobs": len(jobs), "workers": workers, "seconds": time.time() - start}
+        submitted = {pool.submit(_warm, *job): job for job in jobs}
+        for done in futures.as_completed(submitted):
+            try:
+                log(f"  compiled {done.result()}  ({time.time() - start:.0f} s)")
+            except Exception as exc:  # the time phase reports the tiling as failed
+                failed.append(str(submitted[done]))
+                log(f"  FAILED {submitted[done]}: {str(exc).splitlines()[0]}")
+    return {"jobs": len(jobs), "workers": workers, "seconds": time.time() - start, "failed": failed}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,14 +301,14 @@ def time_bidir(shape):
     return fused, two, fused_bwd, two_bwd
 
 
-def phase_time(shapes, configs, log):
+def phase_time(shapes, configs, log, on_row=lambda rows: None):
     rows = {}
     for name, (shape, ref_fwd, ref_fwdbwd, n_seqs) in shapes.items():
         row = rows.setdefault(name, {"shape": shape, "packed_sequences": n_seqs,
                                      "mamba_ssm_ms": [ref_fwd, ref_fwdbwd], "configs": {}})
         for cname, spec in [("auto", None)] + [(c, CONFIGS[c]) for c in configs]:
             set_config(spec)
-            chunk = (spec or (triton_op.SSDConfig().chunk,))[0]
+            chunk = triton_op.SSDConfig(*(spec or ())).chunk_for(shape[1], need_grad=True)
             try:
                 fwd, fwdbwd = time_single(shape, n_seqs)
             except Exception as exc:  # one failing tiling must not lose the others
@@ -316,7 +331,7 @@ def phase_time(shapes, configs, log):
         if name in BIDIR_ROWS:
             try:
                 fused, two, fused_bwd, two_bwd = time_bidir(shape)
-                (mem_f, mm_f), _ = limits(shape, triton_op.SSDConfig().chunk, ndir=2, z=True)
+                (mem_f, mm_f), _ = limits(shape, triton_op.SSDConfig().chunk_for(shape[1], False), ndir=2, z=True)
                 row["bidir"] = {"fused_fwd_ms": fused, "two_calls_fwd_ms": two, "fused_fwdbwd_ms": fused_bwd,
                                 "two_calls_fwdbwd_ms": two_bwd, "fwd_ratio": two / fused,
                                 "fwdbwd_ratio": two_bwd / fused_bwd,
@@ -326,9 +341,30 @@ def phase_time(shapes, configs, log):
             except Exception as exc:
                 log(f"  {name} bidir FAILED: {exc!r}")
                 row["bidir"] = {"error": repr(exc)}
+        on_row(rows)
         if not DRY:
             torch.cuda.empty_cache()
     return rows
+
+
+def phase_profile(shapes, log, name="lm_8k"):
+    """Where the time of one forward+backward goes: the kernels, from torch.profiler."""
+    name = name if name in shapes else next(iter(shapes))
+    shape, _, _, n_seqs = shapes[name]
+    set_config(None)
+    gargs = make_args(*shape, n_seqs=n_seqs, seed=3, grad=True)
+    dout = torch.randn(shape[:4], device=device(), dtype=torch.bfloat16)
+    step = lambda: triton_op.ssd_triton(**gargs).backward(dout)  # noqa: E731
+    step()
+    sync()
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([] if DRY else [torch.profiler.ProfilerActivity.CUDA])
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        sync()
+    table = prof.key_averages().table(sort_by="cpu_time_total" if DRY else "cuda_time_total", row_limit=14)
+    log(f"  {name}, 3 x forward+backward:\n{table}")
+    return {"row": name, "table": table}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,10 +372,11 @@ def phase_time(shapes, configs, log):
 
 
 def phase_big(log):
-    """Forward over > 2^31 elements of x; the last head of the last batch row (offsets past 2^31)
-    against the reference on that head alone (heads are independent)."""
+    """Forward over > 2^31 elements of x; the last head of the last batch row against the
+    reference on that head alone (heads are independent), and separately its tokens whose x/out
+    offsets pass 2^31 (64-bit offsets)."""
     set_config(None)
-    shape = (2, 70, 3, 16, 16) if DRY else (2, (1 << 20) + 1, 16, 64, 64)
+    shape = (2, 70, 3, 16, 16) if DRY else (2, (1 << 20) + (1 << 18), 16, 64, 64)
     batch, length, heads, headdim, d_state = shape
     args = make_args(*shape, seed=5)
     start = time.time()
@@ -351,10 +388,13 @@ def phase_big(log):
                 C=args["C"][-1:], D=args["D"][-1:], dt_bias=args["dt_bias"][-1:])
     with torch.no_grad():
         ref, ref_state = ssd_reference(**upcast(last), return_final_states=True)
+    # First token of the checked head whose elements all sit at offsets >= 2^31 (0 in the dry run).
+    first_far = max(0, -(-((1 << 31) // headdim - heads + 1) // heads) - (batch - 1) * length)
+    first_far = min(first_far, length - 1)
     res = {"elements": batch * length * heads * headdim,
-           "first_checked_offset": ((batch - 1) * length * heads + heads - 1) * headdim,
-           "out": rel(out[-1:, :, -1:], ref), "final_state": rel(state[-1:, -1:], ref_state),
-           "seconds_incl_first_call": elapsed}
+           "first_far_token": first_far, "far_tokens": length - first_far,
+           "out": rel(out[-1:, :, -1:], ref), "out_past_2^31": rel(out[-1:, first_far:, -1:], ref[:, first_far:]),
+           "final_state": rel(state[-1:, -1:], ref_state), "seconds_incl_first_call": elapsed}
     log(f"  {res}")
     return res
 
@@ -421,7 +461,7 @@ def targets_met(rows):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
-    parser.add_argument("--phases", default="warmup,check,time,big")
+    parser.add_argument("--phases", default="warmup,check,time,big,profile")
     parser.add_argument("--configs", default="", help="tilings tried besides auto, from " + ",".join(CONFIGS))
     parser.add_argument("--shapes", default=None, help="comma-separated subset of " + ",".join(SHAPES))
     parser.add_argument("--tag", default="", help="appended to the result file names")
@@ -447,7 +487,9 @@ def main():
         "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
         "dtype": "bf16 x/B/C/z, fp32 dt/A/D/dt_bias, softplus, D per head, one group; z only in the bidirectional rows",
         "limits": {"bytes_per_s": BYTES_PER_S, "matmul_flops": MATMUL_FLOPS},
-        "default_config": triton_op.SSDConfig().__dict__, "configs": CONFIGS, "phases": {},
+        "default_config": "chunk 32 (64 for inference up to 256 tokens), block_p 64, warps fwd 4 (d_state <= 64) "
+                          "or 8, bwd 8, segments up to 4 x 132 programs",
+        "configs": CONFIGS, "phases": {},
     }
     path = os.path.join(opts.out, f"ssd_{stamp}{'_' + opts.tag if opts.tag else ''}")
 
@@ -464,10 +506,12 @@ def main():
             elif phase == "check":
                 report["phases"]["check"] = phase_check(shapes, log)
             elif phase == "time":
-                rows = phase_time(shapes, configs, log)
+                rows = phase_time(shapes, configs, log, lambda rows: (report["phases"].update(time=rows), save()))
                 report["phases"]["time"] = rows
                 report["targets"] = targets_met(rows)
                 plot(rows, path + ".png")
+            elif phase == "profile":
+                report["phases"]["profile"] = phase_profile(shapes, log)
             elif phase == "big":
                 report["phases"]["big"] = phase_big(log)
         except Exception:

@@ -9,25 +9,29 @@
 # CPU (default, 2 cores): a 4-block test_vim (embed 64, patch 8):
 #   python tools/train.py configs/vim_upernet_scenes.py
 #
-# One GPU (H200, ~2 min): vim_tiny (24 blocks, 4 taps like the official recipe) on 256 px crops
-# of 512 px scenes, bf16 autocast, batch 16:
+# One GPU (H200, ~2 min): vim_tiny (24 blocks, taps 5/11/17/23 like the official recipe), 256 px
+# crops of 256 px scenes resized by 0.5-2, batch 16, bf16 autocast, 1,500 iterations. The GPU image
+# has neither scikit-image nor the Debian Fashion-MNIST files, so build the set here first (45 s,
+# 34 MB) and carry data/scenes256 along; the dataset then finds it built and reads it:
+#   python -c "from mambazoo.data.scenes import build_composite_scenes as b; b('data/scenes256', num_train=1000, num_val=200, size=256)"
 #   python tools/train.py configs/vim_upernet_scenes.py --work-dir work_dirs/scenes_gpu --cfg-options \
-#     data_root=data/scenes512 train_dataloader.dataset.data_root=data/scenes512 \
-#     val_dataloader.dataset.data_root=data/scenes512 test_dataloader.dataset.data_root=data/scenes512 \
-#     train_dataloader.dataset.build.size=512 val_dataloader.dataset.build.size=512 \
-#     test_dataloader.dataset.build.size=512 \
-#     train_dataloader.dataset.build.num_train=2000 val_dataloader.dataset.build.num_train=2000 \
-#     test_dataloader.dataset.build.num_train=2000 \
-#     train_dataloader.dataset.pipeline.2.scale="(2048,512)" train_dataloader.dataset.pipeline.3.crop_size="(256,256)" \
-#     val_dataloader.dataset.pipeline.1.scale="(2048,512)" test_dataloader.dataset.pipeline.1.scale="(2048,512)" \
+#     train_dataloader.dataset.data_root=data/scenes256 val_dataloader.dataset.data_root=data/scenes256 \
+#     test_dataloader.dataset.data_root=data/scenes256 train_dataloader.dataset.build.size=256 \
+#     val_dataloader.dataset.build.size=256 test_dataloader.dataset.build.size=256 \
+#     train_dataloader.dataset.build.num_train=1000 val_dataloader.dataset.build.num_train=1000 \
+#     test_dataloader.dataset.build.num_train=1000 train_dataloader.dataset.build.num_val=200 \
+#     val_dataloader.dataset.build.num_val=200 test_dataloader.dataset.build.num_val=200 \
+#     train_dataloader.dataset.pipeline.2.scale="(1024,256)" train_dataloader.dataset.pipeline.3.crop_size="(256,256)" \
+#     val_dataloader.dataset.pipeline.1.scale="(1024,256)" test_dataloader.dataset.pipeline.1.scale="(1024,256)" \
 #     model.data_preprocessor.size="(256,256)" model.backbone.model_name=vim_tiny model.backbone.depth=24 \
 #     model.backbone.patch_size=16 model.backbone.embed_dim=192 model.backbone.d_state=16 \
 #     model.backbone.img_size=256 model.backbone.out_indices="(5,11,17,23)" model.backbone.out_channels=192 \
 #     model.decode_head.in_channels="[192,192,192,192]" model.decode_head.channels=192 \
-#     model.auxiliary_head.in_channels=192 train_dataloader.batch_size=16 train_dataloader.num_workers=8 \
-#     val_dataloader.num_workers=4 test_dataloader.num_workers=4 \
-#     optim_wrapper.type=AutocastOptimWrapper optim_wrapper.dtype=bfloat16 optim_wrapper.optimizer.lr=4e-4 \
+#     model.auxiliary_head.in_channels=192 model.auxiliary_head.channels=256 train_dataloader.batch_size=16 \
+#     train_dataloader.num_workers=8 val_dataloader.num_workers=4 test_dataloader.num_workers=4 \
+#     optim_wrapper.type=AutocastOptimWrapper optim_wrapper.dtype=bfloat16 optim_wrapper.optimizer.lr=1e-3 \
 #     train_cfg.max_iters=1500 train_cfg.val_interval=500 default_hooks.checkpoint.interval=500 \
+#     default_hooks.logger.interval=50 param_scheduler.0.end=100 param_scheduler.1.begin=100 \
 #     param_scheduler.1.end=1500 torch_num_threads=0
 custom_imports = dict(imports=["mambazoo.data", "mambazoo.engine"], allow_failed_imports=False)
 default_scope = "mmengine"

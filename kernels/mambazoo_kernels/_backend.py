@@ -7,7 +7,7 @@ for CUDA tensors when the op has one, and the PyTorch reference everywhere else.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -32,3 +32,22 @@ def select_backend(op: str, requested: Optional[str], device: torch.device, has_
             "before Triton is imported; use backend='reference' on the CPU"
         )
     return choice
+
+
+def use_triton(
+    op: str, requested: Optional[str], device: torch.device, unsupported: Callable[[], Optional[str]],
+) -> bool:
+    """Whether ``op`` runs its Triton kernel: the chosen backend is Triton and ``unsupported()``
+    (called only then, so it may import the Triton module) gives no reason against the arguments.
+
+    Auto selection falls back to the reference for arguments the kernels do not cover (e.g.
+    float64); an explicit ``backend="triton"`` (argument or environment) raises instead.
+    """
+    if select_backend(op, requested, device, has_triton=True) != "triton":
+        return False
+    reason = unsupported()
+    if reason is None:
+        return True
+    if (requested if requested is not None else os.environ.get(BACKEND_ENV, "auto")) == "triton":
+        raise NotImplementedError(f"{op}: {reason}; use backend='reference'")
+    return False

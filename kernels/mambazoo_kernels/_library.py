@@ -100,7 +100,8 @@ def _scan_forward(bidirectional, average, inputs, softplus, use_triton, save):
         out, state = _scan_reference(bidirectional, average, softplus)(*inputs)
     f32 = torch.float32
     # The reference's state is a view into its last chunk: outputs must be fresh, plain tensors.
-    return out, state.clone(memory_format=torch.contiguous_format), _placeholder(u, f32), _placeholder(u), _placeholder(u, f32)
+    state = state.clone(memory_format=torch.contiguous_format)
+    return out, state, _placeholder(u, f32), _placeholder(u), _placeholder(u, f32)
 
 
 def _scan_forward_fake(bidirectional, inputs, use_triton, save):
@@ -267,7 +268,8 @@ def _(x, weight, bias, silu, reverse, use_triton):
 
 @causal_conv1d_backward_op.register_fake
 def _(dout, x, weight, bias, silu, reverse, use_triton):
-    return x.new_empty(x.shape), weight.new_empty(weight.shape), _placeholder(x) if bias is None else bias.new_empty(bias.shape)
+    dbias = _placeholder(x) if bias is None else bias.new_empty(bias.shape)
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), dbias
 
 
 def _conv_setup_context(ctx, inputs, output):

@@ -16,8 +16,8 @@ from . import seg_metric, segmentation  # noqa: F401,E402  (segmentor, heads, pr
 __all__ = [
     "Accuracy",
     "AtomicCheckpointHook",
-    "AutocastOptimWrapper",
     "AtomicLocalBackend",
+    "AutocastOptimWrapper",
     "EpochSeedHook",
     "NonFiniteLossHook",
     "ProgressBarHook",

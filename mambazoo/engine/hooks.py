@@ -262,7 +262,7 @@ class ThroughputHook(Hook):
     Times the training iterations of every epoch from the start of its ``warmup + 1``-th
     iteration to the end of the epoch (data loading included; validation, checkpointing
     and the first ``warmup`` iterations of each epoch, which hold compilation/autotuning and
-    worker start-up, excluded), synchronising CUDA at both ends. At the end of training it
+    worker start-up, excluded; an iteration-based loop is one epoch with validation paused out), synchronising CUDA at both ends. At the end of training it
     logs ``train throughput: N img/s`` and, on CUDA, ``torch.cuda.max_memory_allocated`` of
     this rank, and stores them in the message hub's info ``"train_throughput"`` (dict:
     ``images_per_second``, ``images``, ``seconds``, ``peak_memory_gib`` or ``None``), which
@@ -281,9 +281,10 @@ class ThroughputHook(Hook):
         self.images = 0
         self.seconds = 0.0
         self._start = None
+        self._paused = False
 
     def before_train(self, runner) -> None:
-        self.images, self.seconds, self._start = 0, 0.0, None
+        self.images, self.seconds, self._start, self._paused = 0, 0.0, None, False
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
@@ -296,13 +297,28 @@ class ThroughputHook(Hook):
         if self._start is not None:
             self.images += _batch_size(data_batch) * get_world_size()
 
+    def _stop(self) -> bool:
+        if self._start is None:
+            return False
+        _synchronize()
+        self.seconds += time.perf_counter() - self._start
+        self._start = None
+        return True
+
     def after_train_epoch(self, runner) -> None:
-        if self._start is not None:
-            _synchronize()
-            self.seconds += time.perf_counter() - self._start
-            self._start = None
+        self._stop()
+
+    def before_val_epoch(self, runner) -> None:
+        # iteration-based loops validate inside their one "epoch": pause the clock
+        self._paused = self._stop()
+
+    def after_val_epoch(self, runner, metrics: dict | None = None) -> None:
+        if self._paused:
+            self._paused = False
+            self._start = time.perf_counter()
 
     def after_train(self, runner) -> None:
+        self._stop()
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
         result = {
             "images_per_second": self.images / self.seconds if self.seconds else None,

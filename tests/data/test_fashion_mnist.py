@@ -11,6 +11,7 @@ from mambazoo.data import (
     FASHION_MNIST_STD,
     FashionMNISTDataset,
     create_fashion_mnist_transform,
+    export_fashion_mnist_image_folder,
     prepare_fashion_mnist_root,
 )
 
@@ -93,3 +94,28 @@ def test_transform_defaults():
     normalize = transform.transforms[-1]
     assert normalize.mean.tolist() == pytest.approx(FASHION_MNIST_MEAN)
     assert normalize.std.tolist() == pytest.approx(FASHION_MNIST_STD)
+
+
+def test_rgb_items_repeat_the_grey_image(root):
+    grey = FashionMNISTDataset(root, split="test", num_samples=4)
+    rgb = FashionMNISTDataset(root, split="test", num_samples=4, channels=3,
+                              transform=dict(input_size=(3, 56, 56), interpolation="bicubic"))
+    image, label = rgb[0]
+    assert image.shape == (3, 56, 56) and label == grey[0][1] == 9
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+    with pytest.raises(ValueError, match="channels"):
+        FashionMNISTDataset(root, split="test", channels=2)
+
+
+def test_export_image_folder_round_trips_the_pixels(root, tmp_path):
+    from PIL import Image
+
+    out = export_fashion_mnist_image_folder(tmp_path / "tree", {"val": ("test", 0, 30)}, root=root)
+    files = sorted((out / "val").glob("*/*.png"))
+    assert len(files) == 30 and len({f.parent.name for f in files}) <= 10
+    source = FashionMNISTDataset(root, split="test", num_samples=30)
+    first = out / "val" / "09_Ankle_boot" / "00000.png"  # test image 0 is an ankle boot
+    image = Image.open(first)
+    assert image.mode == "RGB" and image.size == (28, 28)
+    assert torch.equal(torch.as_tensor(list(image.getchannel(0).getdata()), dtype=torch.uint8).view(28, 28),
+                       source.data[0])

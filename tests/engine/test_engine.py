@@ -145,8 +145,8 @@ def test_checkpoint_trust_is_scoped_to_the_work_dir(tmp_path, monkeypatch):
 
 def test_layer_decay_groups_are_what_the_model_declares():
     """Each parameter's lr is base * decay ** (depth - layer id) with the layer ids the model's
-    group_matcher declares under timm's grouping rules (stem 0, layers.i -> i + 1, norm_f's (99999,)
-    key its own group after the last block, head unmatched -> the top, depth + 1), and the weight decay is 0 exactly on 1-D parameters and no_weight_decay() names."""
+    group_matcher declares under timm's grouping rules (stem 0, layers.i -> i + 1, norm_f with the
+    last block, the unmatched head above it at depth + 1 with the full lr), and the weight decay is 0 exactly on 1-D parameters and no_weight_decay() names."""
     model = TimmClassifier(**{**TINY_VIM, "depth": 3})
     decay, depth = 0.5, 3
     optimizer = TimmOptimWrapperConstructor(
@@ -159,8 +159,10 @@ def test_layer_decay_groups_are_what_the_model_declares():
             layer = 0
         elif name.startswith("layers."):
             layer = int(name.split(".")[1]) + 1
+        elif name.startswith("norm_f"):
+            layer = depth
         else:
-            assert name.startswith(("norm_f", "head")), name
+            assert name.startswith("head"), name
             layer = depth + 1
         group = group_of[id(param)]
         assert group["lr"] == pytest.approx(1e-3 * decay ** (depth + 1 - layer)), name

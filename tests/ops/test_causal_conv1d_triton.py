@@ -97,3 +97,13 @@ def test_float64_is_refused_by_an_explicit_triton_backend_and_auto_stays_on_refe
         causal_conv1d(x, weight.double(), bias.double(), backend="triton")
     out = causal_conv1d(x, weight.double(), bias.double())  # auto on CPU: the reference
     torch.testing.assert_close(out, oracle(x, weight, bias, None, False))
+
+
+def test_auto_backend_keeps_cpu_tensors_on_the_reference(monkeypatch):
+    from mambazoo_kernels.causal_conv1d import triton_op
+
+    calls = []
+    monkeypatch.setattr(triton_op, "conv_forward", lambda *a, **k: calls.append(1))
+    x, weight, bias = make(1, 4, 9, 4, torch.float32, with_bias=True)
+    out = causal_conv1d(x, weight, bias, "silu")
+    assert not calls and out.shape == x.shape

@@ -65,7 +65,8 @@ def test_state_update_matches_one_scan_step(groups, full):
 def test_conv_update_steps_reproduce_the_full_conv(width):
     g = torch.Generator().manual_seed(width)
     x = torch.randn(2, 5, 9, generator=g, dtype=torch.float64)
-    weight, bias = torch.randn(5, 1, width, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
+    weight = torch.randn(5, 1, width, generator=g, dtype=torch.float64)
+    bias = torch.randn(5, generator=g, dtype=torch.float64)
     expected = causal_conv1d(x, weight, bias, "silu")
     conv_state = torch.zeros(2, 5, width, dtype=torch.float64)
     steps = [causal_conv1d_update(x[..., t], conv_state, weight, bias, "silu", backend="reference") for t in range(9)]

@@ -1,6 +1,6 @@
 """Shared sizes and the tiny segmentor config of the segmentation tests."""
 
-SCENES = dict(num_train=24, num_val=8, size=64, seed=0)
+SCENES = dict(num_train=24, num_val=24, size=64, seed=0)
 NUM_CLASSES = 13
 
 

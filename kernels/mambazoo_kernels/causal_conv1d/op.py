@@ -2,13 +2,12 @@
 ``mambazoo::causal_conv1d`` op (``_library``), which runs the Triton kernel or the reference."""
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 
 from .. import _library
-from .._backend import BACKEND_ENV, select_backend
+from .._backend import use_triton
 from .._validation import check_optional, check_tensor
 
 ACTIVATIONS = (None, "silu")
@@ -43,19 +42,12 @@ def causal_conv1d(
     check_optional("bias", bias, (dim,), "(dim,)", x.device)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    use_triton = _use_triton(backend, x, weight)
-    return _library.causal_conv1d_op(x, weight, bias, activation == "silu", reverse, use_triton)
+    with_triton = use_triton("causal_conv1d", backend, x.device, lambda: _unsupported(x, weight))
+    return _library.causal_conv1d_op(x, weight, bias, activation == "silu", reverse, with_triton)
 
 
-def _use_triton(backend: Optional[str], x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the chosen backend is Triton and the kernel takes these arguments (as the scan's)."""
-    if select_backend("causal_conv1d", backend, x.device, has_triton=True) != "triton":
-        return False
+def _unsupported(x: torch.Tensor, weight: torch.Tensor):
+    """Why the Triton kernel cannot take these arguments (``None`` if it can)."""
     from . import triton_op  # on first use only: importing it imports Triton
 
-    reason = triton_op.unsupported_reason(x, weight)
-    if reason is None:
-        return True
-    if (backend if backend is not None else os.environ.get(BACKEND_ENV, "auto")) == "triton":
-        raise NotImplementedError(f"causal_conv1d: {reason}; use backend='reference'")
-    return False
+    return triton_op.unsupported_reason(x, weight)

@@ -3,32 +3,23 @@
 PyTorch reference."""
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 
 from .. import _library
-from .._backend import BACKEND_ENV, select_backend
+from .._backend import use_triton
 from .._validation import check_d_state, check_optional, check_tensor
 
 STATE_DTYPES = (torch.float32, torch.float64)
 ACTIVATIONS = (None, "silu")
 
 
-def _use_triton(op: str, backend: Optional[str], device, *tensors: torch.Tensor, ssm_state=None) -> bool:
-    """As the scans: Triton on CUDA (or when forced); auto falls back to the reference for
-    arguments the kernels do not take (float64), a forced ``backend="triton"`` raises."""
-    if select_backend(op, backend, device, has_triton=True) != "triton":
-        return False
+def _unsupported(*tensors: torch.Tensor, ssm_state: Optional[torch.Tensor] = None) -> Optional[str]:
+    """Why the Triton kernels cannot take these arguments (``None`` if they can)."""
     from . import triton_op  # on first use only: importing it imports Triton
 
-    reason = triton_op.unsupported_reason(*tensors, ssm_state=ssm_state)
-    if reason is None:
-        return True
-    if (backend if backend is not None else os.environ.get(BACKEND_ENV, "auto")) == "triton":
-        raise NotImplementedError(f"{op}: {reason}; use backend='reference'")
-    return False
+    return triton_op.unsupported_reason(*tensors, ssm_state=ssm_state)
 
 
 def _check_bc(name: str, value, batch: int, dim: int, d_state: int, device) -> None:
@@ -80,8 +71,9 @@ def selective_state_update(
     check_optional("D", D, (dim,), "(dim,)", device)
     check_optional("z", z, (batch, dim), "(batch, dim)", device)
     check_optional("dt_bias", dt_bias, (dim,), "(dim,)", device)
-    use_triton = _use_triton("selective_state_update", backend, device, x, dt, B, C, ssm_state=state)
-    return _library.selective_state_update_op(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, use_triton)
+    with_triton = use_triton("selective_state_update", backend, device,
+                             lambda: _unsupported(x, dt, B, C, ssm_state=state))
+    return _library.selective_state_update_op(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, with_triton)
 
 
 def causal_conv1d_update(
@@ -117,5 +109,5 @@ def causal_conv1d_update(
     check_optional("bias", bias, (dim,), "(dim,)", x.device)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    use_triton = _use_triton("causal_conv1d_update", backend, x.device, x, conv_state, weight)
-    return _library.causal_conv1d_update_op(x, conv_state, weight, bias, activation == "silu", use_triton)
+    with_triton = use_triton("causal_conv1d_update", backend, x.device, lambda: _unsupported(x, conv_state, weight))
+    return _library.causal_conv1d_update_op(x, conv_state, weight, bias, activation == "silu", with_triton)

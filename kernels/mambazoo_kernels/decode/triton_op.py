@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..causal_conv1d.triton_fwd import _sigmoid
+
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK_D = 32
 
@@ -31,13 +33,8 @@ def unsupported_reason(*tensors: torch.Tensor, ssm_state: Optional[torch.Tensor]
 
 
 @triton.jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
-
-
-@triton.jit
 def _softplus(x):
-    # log1p(exp(x)) accurate for small exp(x) (Goldberg), identity above 20 like torch.
+    # As the selective scan's (its kernels are generated source): log1p(exp(x)) accurate for small exp(x) (Goldberg), identity above 20 like torch.
     e = tl.exp(tl.minimum(x, 20.0))
     v = 1.0 + e
     sp = tl.where(v == 1.0, e, tl.log(v) * (e / (v - 1.0)))

@@ -2,12 +2,11 @@
 ``mambazoo::`` op (``_library``), which runs the Triton kernels or the PyTorch reference."""
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import torch
 
-from .._backend import BACKEND_ENV, select_backend
+from .._backend import use_triton
 from .._validation import check_d_state, check_optional, check_tensor
 from .. import _library
 
@@ -49,23 +48,15 @@ def _check_scan_args(prefix, u, delta, A, B, C, D, z, delta_bias, initial_state)
     check_optional("initial_state", initial_state, (*prefix, batch, dim, d_state), f"{lead}batch, dim, d_state)", device)
 
 
-def _use_triton(op: str, backend: Optional[str], u, delta, A, B, C, z) -> bool:
-    """Whether the chosen backend is Triton and the kernels take these arguments.
+def _unsupported(u, delta, A, B, C, z):
+    """Why the Triton kernels cannot take these arguments (``None`` if they can).
 
     The Triton module is imported here, on first use, so that ``import mambazoo_kernels`` never
-    imports Triton. Auto selection falls back to the reference for arguments the kernels do not
-    cover (e.g. float64); an explicit ``backend="triton"`` raises instead.
+    imports Triton.
     """
-    if select_backend(op, backend, u.device, has_triton=True) != "triton":
-        return False
     from . import triton_op
 
-    reason = triton_op.unsupported_reason(u, delta, A, B, C, z)
-    if reason is None:
-        return True
-    if (backend if backend is not None else os.environ.get(BACKEND_ENV, "auto")) == "triton":
-        raise NotImplementedError(f"{op}: {reason}; use backend='reference'")
-    return False
+    return triton_op.unsupported_reason(u, delta, A, B, C, z)
 
 
 def _needs_grad(*tensors) -> bool:
@@ -105,9 +96,9 @@ def selective_scan(
         state after the last token, ``(batch, dim, d_state)``.
     """
     _check_scan_args((), u, delta, A, B, C, D, z, delta_bias, initial_state)
-    use_triton = _use_triton("selective_scan", backend, u, delta, A, B, C, z)
+    with_triton = use_triton("selective_scan", backend, u.device, lambda: _unsupported(u, delta, A, B, C, z))
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    out, state, *_ = _library.selective_scan_op(*tensors, delta_softplus, use_triton, _needs_grad(*tensors))
+    out, state, *_ = _library.selective_scan_op(*tensors, delta_softplus, with_triton, _needs_grad(*tensors))
     return (out, state) if return_final_state else out
 
 
@@ -145,8 +136,9 @@ def bidirectional_selective_scan(
         fp32 states (forward after the last token, reversed after the first).
     """
     _check_scan_args((2,), u, delta, A, B, C, D, z, delta_bias, initial_state)
-    use_triton = _use_triton("bidirectional_selective_scan", backend, u, delta, A, B, C, z)
+    with_triton = use_triton("bidirectional_selective_scan", backend, u.device,
+                             lambda: _unsupported(u, delta, A, B, C, z))
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     out, state, *_ = _library.bidirectional_selective_scan_op(
-        *tensors, delta_softplus, average, use_triton, _needs_grad(*tensors))
+        *tensors, delta_softplus, average, with_triton, _needs_grad(*tensors))
     return (out, state) if return_final_state else out

@@ -38,6 +38,7 @@ class ScanConfig:
     bwd_vec: int = 8
     bwd_warps: int = 4
     segments: Optional[int] = None  # None: chosen from the shape (see _segment_plan)
+    fwd_maxnreg: Optional[int] = None  # register cap of the forward kernel (None: the compiler's choice)
 
     def block_d(self, backward: bool) -> int:
         if backward:
@@ -198,6 +199,7 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus, scale, need_ckpt, need
             BLOCK_D=block_d, B_CONST=b_const, C_CONST=c_const,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
             STATE_PASS=state_pass, num_warps=max(1, min(cfg.fwd_warps, block_d // 32)),
+            **({} if cfg.fwd_maxnreg is None else {"maxnreg": cfg.fwd_maxnreg}),
         )
 
     if n_segs > 1:

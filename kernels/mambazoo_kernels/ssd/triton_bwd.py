@@ -18,8 +18,9 @@ exp(cs_i - cs_j)`` the pair's share of the loss (j = the initial state, i = the 
 included). Split by where i and j lie relative to the chunk, every part is local to it:
 both inside (a masked cumulative sum of the [Q, Q] pair tile), i inside and j before
 (``dy . y_inter``, suffix sums), i after and j inside (``u . du_inter``, prefix sums), and i
-after with j before (``<G, decayed S0>``, one scalar). Summing the pair shares directly avoids the cancellation of the telescoped form ``dy . y - u . du`` (O(1) terms
-cancelling to a small result, which bf16 operands would swamp), and no carry crosses chunks.
+after with j before (``<G, decayed S0>``, one scalar). Summing the pair shares directly avoids
+the cancellation of the telescoped form ``dy . y - u . du`` (O(1) terms cancelling to a small
+result, which bf16 operands would swamp), and no carry crosses chunks.
 
 Deterministic: no float atomics. Gradients summed over programs (dB/dC over heads of a group and
 headdim blocks, dD over segments, dt over headdim blocks, x over directions) are written as
@@ -166,7 +167,7 @@ def ssd_bwd_kernel(
                 dx += dy * Dv[None, :]
                 dD_acc += _sum(dy * xt, 0)
             if BIDIR:
-                tl.store(dx_ptr + dir64 * (batch * L * H * P) + offs, dx, mask=qp_mask)
+                tl.store(dx_ptr + dir64 * ((pid_bh * 0 + batch) * L * H * P) + offs, dx, mask=qp_mask)
             else:
                 tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=qp_mask)
         G = G_prev

@@ -45,7 +45,8 @@ from .triton_common import _mm, _sigmoid, chunk_setup
 # Sizes and flags that vary per call are plain (unspecialized) arguments, so one compiled kernel
 # serves every batch, length and head count; headdim, d_state and the B/C strides stay
 # specialized (divisibility by 16, unit stride) so that tile loads vectorize.
-RUNTIME_ARGS = ["batch", "L", "H", "heads_per_group", "n_chunks", "n_segs", "seg_chunks", "has_init", "store_ckpt", "store_ypre"]
+RUNTIME_ARGS = ["batch", "L", "H", "heads_per_group", "n_chunks", "n_segs", "seg_chunks",
+                "has_init", "store_ckpt", "store_ypre"]
 
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
@@ -126,7 +127,7 @@ def ssd_fwd_kernel(
                 y += xt * Dv[None, :]
             offs = tok64[:, None] * tokP + offs_p[None, :] + (b * L * H * P + h * P)
             if BIDIR:
-                plane = batch * L * H * P
+                plane = (pid_bh * 0 + batch) * L * H * P  # int64: the scratch passes 2^31 before x does
                 tl.store(ybuf_ptr + dir64 * plane + offs, y, mask=qp_mask)
                 tl.debug_barrier()
                 old = tl.atomic_add(flag_ptr + (pid_bh * tl.num_programs(1) + pid_p) * n_chunks + k, 1)

@@ -6,8 +6,9 @@ leading axis of size ``ndir`` (1 or 2) and one autograd function runs the kernel
 ``triton_fwd`` / ``triton_bwd``. Launchers make no ``torch.cuda`` call, so the same code runs
 the kernels on CPU tensors under ``TRITON_INTERPRET=1``.
 
-The kernels use their own chunk (:data:`CONFIG`, default 64 tokens): ``chunk_size`` changes the
-reference's speed and memory, not the result, and the kernels' register tiles fix what is fast.
+The kernels use their own chunk (:meth:`SSDConfig.chunk_for`: 32 or 64 tokens): ``chunk_size``
+changes the reference's speed and memory, not the result, and the kernels' register tiles fix
+what is fast.
 """
 from __future__ import annotations
 
@@ -24,20 +25,41 @@ from .triton_fwd import ssd_fwd_kernel
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_D_STATE = 256
-# Programs that keep an H100/H200-class GPU (132 SMs) busy for a few waves.
-TARGET_PROGRAMS = 4 * 132
 
 
 @dataclass(frozen=True)
 class SSDConfig:
-    """Tiling: ``chunk`` tokens per chunk, ``block_p`` headdim channels per program (both powers of
-    two >= 16), warps per program, and the number of sequence segments (None: from the shape)."""
+    """Tiling: ``chunk`` tokens per chunk (None: see :meth:`chunk_for`), ``block_p`` headdim
+    channels per program (both powers of two >= 16), warps per program (None: 4 for the forward
+    up to d_state 64, else 8; the backward holds twice the tiles), and the number of sequence
+    segments (None: enough for ``target_programs`` programs; segmenting costs one extra state
+    pass however many segments there are)."""
 
-    chunk: int = 64
+    chunk: Optional[int] = None
     block_p: int = 64
-    fwd_warps: int = 4
-    bwd_warps: int = 4
+    fwd_warps: Optional[int] = None
+    bwd_warps: Optional[int] = None
     segments: Optional[int] = None
+    target_programs: int = 4 * 132  # a few waves on an H100/H200-class GPU (132 SMs)
+
+    def chunk_for(self, length: int, need_grad: bool) -> int:
+        """32 tokens, except 64 for inference on sequences up to 256 tokens.
+
+        Measured on one H200 (bf16, 2026-11-28, benchmarks/results/ssd_2026-11-28_tune.json):
+        32 beats 64 on forward+backward at every row (LM 8k 6.6 vs 10.5 ms, DNA 131k 6.7 vs
+        10.7 ms, Vim-S 224 1.40 vs 1.59 ms: the backward's [chunk, chunk] tiles spill at 64)
+        and on the forward at Vim-S 1024 (0.215 vs 0.321 ms); 64 wins only the short forward
+        (Vim-S 224: 0.150 vs 0.182 ms).
+        """
+        if self.chunk is not None:
+            return self.chunk
+        return 64 if not need_grad and length <= 256 else 32
+
+    def warps(self, block_n: int, backward: bool) -> int:
+        chosen = self.bwd_warps if backward else self.fwd_warps
+        if chosen is not None:
+            return chosen
+        return 8 if backward or block_n > 64 else 4
 
 
 # Benchmarks and tests may replace this (tiling only; results do not depend on it beyond rounding).
@@ -74,20 +96,20 @@ class _Plan:
     cfg: SSDConfig
 
 
-def _plan(batch: int, length: int, heads: int, headdim: int, d_state: int, ndir: int) -> _Plan:
+def _plan(batch: int, length: int, heads: int, headdim: int, d_state: int, ndir: int, need_grad: bool) -> _Plan:
     cfg = CONFIG if CONFIG is not None else SSDConfig()
-    chunk = cfg.chunk
+    chunk = cfg.chunk_for(length, need_grad)
     block_p = max(16, min(cfg.block_p, _pow2(headdim)))
     n_pb = cdiv(headdim, block_p)
     n_chunks = cdiv(length, chunk)
     # Cut the sequence into segments when (batch, head, block, direction) programs cannot fill
-    # the GPU; a segment costs a state pass, so only below half of TARGET_PROGRAMS.
+    # the GPU; segmenting costs a state pass, so only below half of the target.
     if cfg.segments is not None:
         n_segs = max(1, min(cfg.segments, n_chunks))
     else:
         programs = batch * heads * n_pb * ndir
-        n_segs = 1 if programs * 2 >= TARGET_PROGRAMS or n_chunks < 4 else min(
-            cdiv(TARGET_PROGRAMS, programs), n_chunks // 2)
+        n_segs = 1 if programs * 2 >= cfg.target_programs or n_chunks < 4 else min(
+            cdiv(cfg.target_programs, programs), n_chunks // 2)
     seg_chunks = cdiv(n_chunks, n_segs)
     n_segs = cdiv(n_chunks, seg_chunks)
     return _Plan(chunk, block_p, max(16, _pow2(d_state)), n_pb, n_chunks, n_segs, seg_chunks, cfg)
@@ -122,7 +144,7 @@ def _forward(x, dt, A, B, C, D, z, bias, h0, seq_idx, softplus, dt_limit, scale,
     batch, length, heads, headdim = x.shape
     groups, d_state = B.shape[-2:]
     bidir = ndir == 2
-    plan = _plan(batch, length, heads, headdim, d_state, ndir)
+    plan = _plan(batch, length, heads, headdim, d_state, ndir, need_grad)
     flags, (dt_min, dt_max) = _common_args(x, B, C, D, z, bias, seq_idx, softplus, dt_limit, plan)
     f32 = dict(dtype=torch.float32, device=x.device)
     nc, n_segs = plan.n_chunks, plan.n_segs
@@ -144,7 +166,8 @@ def _forward(x, dt, A, B, C, D, z, bias, h0, seq_idx, softplus, dt_limit, scale,
             out, final, ckpt, ybuf, flag, ypre, seg, segdecay,
             batch, length, heads, headdim, d_state, heads // groups, nc, n_segs, plan.seg_chunks,
             *_bc_strides(B), *_bc_strides(C), int(init is not None), int(store_ckpt), int(need_ypre),
-            scale, dt_min, dt_max, STATE_PASS=state_pass, BIDIR=bidir, num_warps=plan.cfg.fwd_warps, **flags,
+            scale, dt_min, dt_max, STATE_PASS=state_pass, BIDIR=bidir,
+            num_warps=plan.cfg.warps(plan.block_n, False), **flags,
         )
 
     if n_segs > 1:
@@ -195,7 +218,7 @@ def _backward(x, dt, A, B, C, D, z, bias, seq_idx, softplus, dt_limit, scale, sa
             dx, dx if dz is None else dz, dB, dC, da, dux, da if dD is None else dD, dinit, seg,
             batch, length, heads, headdim, d_state, heads // groups, nc, n_segs, plan.seg_chunks,
             *_bc_strides(B), *_bc_strides(C), int(ginit is not None), scale, dt_min, dt_max,
-            STATE_PASS=state_pass, BIDIR=bidir, num_warps=plan.cfg.bwd_warps, **flags,
+            STATE_PASS=state_pass, BIDIR=bidir, num_warps=plan.cfg.warps(plan.block_n, True), **flags,
         )
 
     if n_segs > 1:

@@ -164,7 +164,7 @@ def phase_warmup(configs, log):
         specs[(spec, False)] = spec
         specs[(spec, True)] = spec
     kinds = ("fwd", "fwd_state", "bwd", "bwd_state") if BACKWARD else ("fwd", "fwd_state")
-    jobs = sorted({(spec, bidir, kind) for (_, bidir), spec in specs.items() for kind in kinds})
+    jobs = sorted({(spec, bidir, kind) for (_, bidir), spec in specs.items() for kind in kinds}, key=repr)
     start = time.time()
     if DRY:
         for job in jobs[:2]:

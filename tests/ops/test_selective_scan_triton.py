@@ -1,9 +1,10 @@
 """The Triton selective-scan kernels, run on the CPU by Triton's interpreter, against float64 oracles.
 
 The interpreter executes the real kernel code (the same source the GPU compiles) with numpy, so
-shapes stay tiny. The chunk is 16 steps for these lengths (see ``triton_op.default_config``), so
-lengths 17, 33 and 50 cross one to three chunk boundaries; ``segments`` forces the long-sequence
-path (state pass + combine + full pass) on short sequences.
+shapes stay tiny. The backward's chunk is 16 steps for these lengths (see
+``triton_op.default_config``) and the forward's tile 8, so lengths 17, 33 and 50 cross one to
+three chunk boundaries; ``segments`` forces the long-sequence path (state pass + combine + full
+pass) on short sequences.
 
 Tolerances: with float32 inputs the kernels differ from float64 only by float32 rounding in
 exp2 / scans / sums over at most a few hundred terms: ~1e-7 relative in practice; we assert 2e-5
@@ -89,6 +90,29 @@ def test_segmented_long_sequence_path(config):
     args = make_inputs(2, 4, 90, 4, "grouped", 2, dtype=torch.float32, with_state=True, seed=3)
     config(length=90, segments=3)
     check_against_oracle(args, 2e-5, 1e-4)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_forward_tiles_smaller_than_backward_chunks(bidirectional, config):
+    # The forward walks tiles of 4 steps and stores checkpoints only on the backward's 32-step
+    # chunk edges (every 8th tile; L = 75 pads the last chunk), with two segments.
+    config(length=75, chunk=32, fwd_tile=4, bwd_vec=4, segments=2)
+    if not bidirectional:
+        args = make_inputs(2, 4, 75, 4, "grouped", 2, dtype=torch.float32, with_state=True, seed=12)
+        check_against_oracle(args, 2e-5, 1e-4)
+        return
+    stacked = stack_directions(make_inputs(1, 4, 75, 4, "token", dtype=torch.float32, with_state=True, seed=13),
+                               make_inputs(1, 4, 75, 4, "token", dtype=torch.float32, with_state=True, seed=14))
+    leaves = leaves_of(stacked)
+    out = bidirectional_selective_scan(**stacked, delta_softplus=True, backend="triton")
+    ref = bidirectional_selective_scan(**{k: v.double() for k, v in stacked.items()}, delta_softplus=True,
+                                       backend="reference")
+    assert rel_err(out, ref) < 2e-5
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    got = torch.autograd.grad(out, list(leaves.values()), grad_out)
+    want = torch.autograd.grad(ref, list(leaves.values()), grad_out.double())
+    for name, a, b in zip(leaves, got, want):
+        assert rel_err(a, b) < 1e-4, (name, rel_err(a, b))
 
 
 def test_constant_B_with_per_token_C():

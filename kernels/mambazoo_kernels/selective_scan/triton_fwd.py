@@ -420,21 +420,15 @@ SEQ_PER_STATE = """
         Cc_@n = tl.load(C_ptr + par * N_STATE + @n, mask=dmask, other=0.0)
 """
 
-# Tile i (processing order) of the direction is memory tile k. A warp issues in order and stalls
-# at the first use of a load still in flight, so everything a tile reads from global memory is
-# requested one tile ahead: u, delta and z into registers, and the tile's staged B/C rows (T * N
-# fp32 each, read by every thread as broadcast vectors) into L1 by one spread load per thread,
-# whose values are summed into ``warm`` and stored under a mask that is never true (L < 0).
+# Tile i (processing order) of the direction is memory tile k; the next tile's u and delta are
+# loaded before this tile's steps run (their latency hides behind T steps of work). Prefetching
+# z and the next tile's B/C rows too measured slower (0.421 vs 0.352 ms at Vim-S 224, NOTES.md).
 SEQ_TILE_LOAD = """
     k0 = i_start + direction * (n_tiles - 1 - 2 * i_start)
     t0 = k0 * T + cols
     m0 = dmask[:, None] & ((t0 < L) & (i_start < i_end))[None, :]
     u_next = tl.load(u_ptr + x_row[:, None] + t0[None, :], mask=m0, other=0.0)
     pre_next = tl.load(delta_ptr + x_row[:, None] + t0[None, :], mask=m0, other=0.0)
-    if HAS_Z:
-        z_next = tl.load(z_ptr + z_row[:, None] + t0[None, :], mask=m0, other=0.0)
-    warm_offs = tl.arange(0, BLOCK_D) * 8  # one fp32 per 32-byte sector
-    warm = tl.full([BLOCK_D], 0.0, tl.float32)
     dt_sum = tl.full([BLOCK_D], 0.0, tl.float32)
     for i in range(i_start, i_end):
         k = i + direction * (n_tiles - 1 - 2 * i)
@@ -447,15 +441,6 @@ SEQ_TILE_LOAD = """
         mn = dmask[:, None] & ((tn < L) & (i + 1 < i_end))[None, :]
         u_next = tl.load(u_ptr + x_row[:, None] + tn[None, :], mask=mn, other=0.0)
         pre_next = tl.load(delta_ptr + x_row[:, None] + tn[None, :], mask=mn, other=0.0)
-        if HAS_Z:
-            zv = z_next.to(tl.float32)
-            z_next = tl.load(z_ptr + z_row[:, None] + tn[None, :], mask=mn, other=0.0)
-        warm_mask = (warm_offs < T * N_STATE) & (i + 1 < i_end)
-        if not B_CONST:
-            warm += tl.load(B_row + (k + sgn) * (T * N_STATE) + warm_offs, mask=warm_mask, other=0.0)
-        if not C_CONST:
-            if not STATE_PASS:
-                warm += tl.load(C_row + (k + sgn) * (T * N_STATE) + warm_offs, mask=warm_mask, other=0.0)
         if store_ckpt != 0:
             if i % ck_tiles == 0:
                 ic = i // ck_tiles
@@ -479,6 +464,7 @@ SEQ_DT = """
 SEQ_OUTPUT_SINGLE = """
         zoffs = z_row[:, None] + t[None, :]
         if HAS_Z:
+            zv = tl.load(z_ptr + zoffs, mask=m2, other=0.0).to(tl.float32)
             y = y * (zv * _sigmoid(zv))
         tl.store(out_ptr + zoffs, y.to(out_ptr.dtype.element_ty), mask=m2)
 """
@@ -499,6 +485,7 @@ SEQ_OUTPUT_BIDIR = """
             if store_ypre != 0:
                 tl.store(ypre_ptr + zoffs, ysum.to(ypre_ptr.dtype.element_ty), mask=m2)
             if HAS_Z:
+                zv = tl.load(z_ptr + zoffs, mask=m2, other=0.0).to(tl.float32)
                 ysum = ysum * (zv * _sigmoid(zv))
             tl.store(out_ptr + zoffs, ysum.to(out_ptr.dtype.element_ty), mask=m2)
 """
@@ -536,7 +523,6 @@ def _seq_fwd_source(name: str, d_state: int, tile: int, bidir: bool) -> str:
     src += textwrap.indent(SEQ_OUTPUT_BIDIR if bidir else SEQ_OUTPUT_SINGLE, "    ")
     src += per_state(SEQ_FINAL, d_state, 4) + "\n"
     src += "    if STATE_PASS:\n        tl.store(segdt_ptr + seg_row, dt_sum, mask=dmask)\n"
-    src += "    tl.store(seg_ptr + seg_row * N_STATE, warm, mask=dmask & (L < 0))\n"
     return src
 
 

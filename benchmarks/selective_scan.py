@@ -7,10 +7,9 @@ Run from the repository root::
 Phases (``--phases``, comma separated, default all):
 
 * ``warmup``: compile every kernel variant the other phases use, in parallel processes that
-  share Triton's on-disk cache. Compiling is slow (H200 host, triton 3.6, 2026-11-28: 41-44 s
-  per forward, 78-243 s per backward, ~4.6 min for 19 variants on 15 processes), so a run that
-  also checks and times needs either few tilings (default: the automatic one only) or a second
-  call on the still-warm machine.
+  share Triton's on-disk cache (H200 host, triton 3.6, 2026-11-28: forward 26-39 s, its state
+  pass 14-19 s, 14 forward kernels in 35 s on 15 processes; the backward takes 78-243 s, so a
+  4-minute call that also checks and times should pass ``--forward-only``).
 * ``check``: bf16 inputs, Triton vs the PyTorch reference in fp32 on the same (rounded) inputs,
   relative L2 error of the output, final state and every gradient, at the FACTS.md shapes;
   the fused bidirectional op at Vim-S 224 and DNA 131k.
@@ -20,7 +19,10 @@ Phases (``--phases``, comma separated, default all):
 * ``big``: a forward over more than 2^31 elements, a slice at the far end checked against the
   reference (64-bit offsets).
 
-Writes ``selective_scan_<date>.json`` and ``selective_scan_<date>.png`` into ``--out``.
+``--forward-only`` skips the backward everywhere; ``--no-bidir`` times single-direction calls
+only; ``--configs`` adds tilings from ``CONFIGS`` (ScanConfig fields) to the automatic one.
+Writes ``selective_scan_<date>.json`` and ``selective_scan_<date>.png`` into ``--out``, with the
+registers and spills of every compiled scan kernel.
 ``--dry-run`` runs the same code on the CPU under ``TRITON_INTERPRET=1`` at tiny shapes.
 """
 from __future__ import annotations

@@ -122,15 +122,16 @@ class _DecodeHead(nn.Module):
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Cross-entropy of ``logits`` upsampled to ``labels`` ``(batch, H, W)``, averaged over
-        the labelled pixels (mmseg's ``avg_non_ignore=True``), times ``loss_weight``; and the
-        pixel accuracy ``acc_seg`` (percent, not a loss)."""
+        the labelled pixels (mmseg's ``avg_non_ignore=True``; 0 for a batch without any, where
+        PyTorch's mean would be NaN), times ``loss_weight``; and the pixel accuracy ``acc_seg``
+        (percent, not a loss)."""
         logits = _resize(logits, labels.shape[-2:]).float()
-        loss = F.cross_entropy(logits, labels, ignore_index=self.ignore_index) * self.loss_weight
+        valid = labels != self.ignore_index
+        num_valid = valid.sum().clamp(min=1)
+        loss = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="sum") / num_valid
         with torch.no_grad():
-            valid = labels != self.ignore_index
-            correct = (logits.argmax(1) == labels) & valid
-            acc = correct.sum() * 100.0 / valid.sum().clamp(min=1)
-        return {"loss_ce": loss, "acc_seg": acc}
+            acc = ((logits.argmax(1) == labels) & valid).sum() * 100.0 / num_valid
+        return {"loss_ce": loss * self.loss_weight, "acc_seg": acc}
 
 
 @MODELS.register_module()

@@ -256,8 +256,12 @@ def test_chunk_size_does_not_change_result():
 def test_backend_choice(monkeypatch):
     args = make_inputs(1, 9, 2, 2, 1, 3, 4)
     assert torch.equal(ssd(**args), ssd(**args, backend="reference"))
-    with pytest.raises(NotImplementedError, match="ssd has no Triton kernel"):
+    # float64 is not a Triton dtype: an explicit backend="triton" refuses it (auto falls back).
+    with pytest.raises(NotImplementedError, match="ssd: x has dtype torch.float64"):
         ssd(**args, backend="triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match=r"backend='triton' needs CUDA tensors \(got cpu\)"):
+        ssd(**{k: v.float() if isinstance(v, torch.Tensor) else v for k, v in args.items()}, backend="triton")
     with pytest.raises(ValueError, match="backend must be one of"):
         ssd(**args, backend="cuda")
     monkeypatch.setenv("MAMBAZOO_KERNEL_BACKEND", "fast")
@@ -498,7 +502,7 @@ def test_bidirectional_bf16():
 def test_bidirectional_backend_choice():
     args = make_bi_inputs(1, 9, 2, 2, 1, 3, 4)
     assert torch.equal(bidirectional_ssd(**args), bidirectional_ssd(**args, backend="reference"))
-    with pytest.raises(NotImplementedError, match="bidirectional_ssd has no Triton kernel"):
+    with pytest.raises(NotImplementedError, match="bidirectional_ssd: x has dtype torch.float64"):
         bidirectional_ssd(**args, backend="triton")
 
 

@@ -25,8 +25,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mambazoo_kernels import bidirectional_ssd, ssd
 from mambazoo_kernels.ssd import triton_op
-from mambazoo_kernels.ssd.reference import ssd_reference
+from mambazoo_kernels.ssd.reference import bidirectional_ssd_reference, ssd_reference
 
 from test_ssd import GRAD_NAMES, make_inputs, oracle
 
@@ -81,7 +82,11 @@ def assert_close(got, want, tol, grad_tol):
 
 
 def ssd_kernels(**kw):
-    return triton_op.ssd_triton(**kw)
+    return ssd(**kw, backend="triton")
+
+
+def bidirectional_kernels(**kw):
+    return bidirectional_ssd(**kw, backend="triton")
 
 
 def step_recurrence(chunk_size, return_final_states, **kw):
@@ -139,12 +144,12 @@ def test_state_does_not_cross_sequences(small_tiles, segments):
     small_tiles(segments=segments)
     args = inputs(1, 64, 2, 3, 1, 4, D="head", z=True, bias=True, state=True, seed=5)
     args["seq_idx"] = torch.tensor([[0] * 23 + [1] * 41], dtype=torch.int64)
-    out = triton_op.ssd_triton(**args)
+    out = ssd_kernels(**args)
     changed = dict(args, x=args["x"].clone(), B=args["B"].clone())
     changed["x"][:, :23] = torch.randn(1, 23, 2, 3) * 10
     changed["B"][:, :23] = torch.randn(1, 23, 1, 4) * 10
     leaves = {k: changed[k].requires_grad_() for k in ("x", "B", "C")}
-    out2 = triton_op.ssd_triton(**changed)
+    out2 = ssd_kernels(**changed)
     assert torch.equal(out[:, 23:], out2[:, 23:].detach())
     assert not torch.equal(out[:, :23], out2[:, :23].detach())
     grads = torch.autograd.grad(out2[:, 23:].sum(), list(leaves.values()))
@@ -161,7 +166,7 @@ def test_bf16_inputs_keep_fp32_state():
 
 def test_fp16_forward():
     args = inputs(1, 21, 2, 4, 1, 4, dtype=torch.float16, seed=7, z=True)
-    out = triton_op.ssd_triton(**args)
+    out = ssd_kernels(**args)
     assert out.dtype == torch.float16
     ref = ssd_reference(**{k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
                            for k, v in args.items()})
@@ -194,18 +199,24 @@ def two_reference_runs(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, d
     flip = lambda t: None if t is None else t.flip(1)  # noqa: E731
     per_dir = lambda t, i: t[i] if t.dim() == 5 else t  # noqa: E731
     common = dict(chunk_size=chunk_size, dt_softplus=dt_softplus, dt_limit=dt_limit, return_final_states=True)
-    y_f, s_f = ssd_reference(x, dt[0], A[0], per_dir(B, 0), per_dir(C, 0), D=D[0], dt_bias=dt_bias[0],
+    y_f, s_f = ssd_reference(per_dir(x, 0), dt[0], A[0], per_dir(B, 0), per_dir(C, 0), D=D[0], dt_bias=dt_bias[0],
                              initial_states=initial_states[0], seq_idx=seq_idx, **common)
-    y_r, s_r = ssd_reference(flip(x), flip(dt[1]), A[1], flip(per_dir(B, 1)), flip(per_dir(C, 1)), D=D[1],
-                             dt_bias=dt_bias[1], initial_states=initial_states[1], seq_idx=flip(seq_idx), **common)
+    y_r, s_r = ssd_reference(flip(per_dir(x, 1)), flip(dt[1]), A[1], flip(per_dir(B, 1)), flip(per_dir(C, 1)),
+                             D=D[1], dt_bias=dt_bias[1], initial_states=initial_states[1], seq_idx=flip(seq_idx),
+                             **common)
     y = (y_f + y_r.flip(1)) * (0.5 if average else 1.0) * F.silu(z)
     return y, torch.stack([s_f, s_r])
 
 
-@pytest.mark.parametrize("shared_bc,average,seq,segments", [
-    (True, True, False, None), (False, False, True, None), (True, False, True, 2),
+@pytest.mark.parametrize("x_per_dir,shared_bc,average,seq,segments", [
+    (False, True, True, False, None), (False, False, False, True, None), (False, True, False, True, 2),
+    # x per direction (a mixer with one conv per direction, as vim2), B/C per direction or shared
+    (True, False, True, True, None), (True, True, False, True, 2),
 ])
-def test_bidirectional_matches_two_reference_runs(small_tiles, shared_bc, average, seq, segments):
+def test_bidirectional_matches_two_reference_runs(small_tiles, x_per_dir, shared_bc, average, seq, segments):
+    """Both directions against two reference runs (the reversed one on flipped inputs), with
+    seq_idx boundaries and initial states: output, final states and every gradient (a shared x,
+    B or C gets the sum of both directions')."""
     small_tiles(segments=segments)
     length = 35
     fwd = inputs(2, length, 2, 3, 2, 4, D="channel", z=True, bias=True, state=True, seq=seq, seed=10)
@@ -213,7 +224,85 @@ def test_bidirectional_matches_two_reference_runs(small_tiles, shared_bc, averag
     args = dict(fwd, **{k: torch.stack([fwd[k], rev[k]]) for k in BIDIR_NAMES})
     if not shared_bc:
         args["B"], args["C"] = torch.stack([fwd["B"], rev["B"]]), torch.stack([fwd["C"], rev["C"]])
-    got = run(triton_op.bidirectional_ssd_triton, args, average=average)
+    if x_per_dir:
+        args["x"] = torch.stack([fwd["x"], rev["x"]])
+    got = run(bidirectional_kernels, args, average=average)
     want = run(two_reference_runs, args, cast=torch.Tensor.double, average=average)
     assert got[1].shape == (2, 2, 2, 3, 4)
+    assert got[2]["x"].shape == args["x"].shape and got[2]["B"].shape == args["B"].shape
     assert_close(got, want, FP32_TOL, GRAD_TOL)
+
+
+def test_bidirectional_per_direction_x_bf16(small_tiles):
+    """bf16 data, per-direction x with per-head D and no gate (the vim2 mixer's call), against the
+    reference on the same rounded inputs."""
+    fwd = inputs(2, 37, 4, 8, 1, 8, dtype=torch.bfloat16, D="head", bias=True, seq=True, seed=12)
+    rev = inputs(2, 37, 4, 8, 1, 8, dtype=torch.bfloat16, D="head", bias=True, seed=13)
+    args = dict(fwd, **{k: torch.stack([fwd[k], rev[k]]) for k in ("x", "dt", "A", "B", "C", "D", "dt_bias")})
+    args["initial_states"] = None
+    got = run(bidirectional_kernels, args, average=True)
+    assert got[0].dtype == torch.bfloat16 and got[2]["x"].dtype == torch.bfloat16
+    assert_close(got, run(bidirectional_ssd_reference, args, cast=torch.Tensor.double, average=True), 2e-2, 2e-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatch and the vim2 mixer
+
+
+def test_public_ops_dispatch_to_the_kernels(monkeypatch):
+    """backend="triton" (argument or environment) runs the Triton forward and backward; auto on
+    the CPU and backend="reference" never do. Same numbers as the reference."""
+    calls = []
+    for name in ("ssd_forward", "ssd_backward"):
+        real = getattr(triton_op, name)
+        monkeypatch.setattr(triton_op, name, lambda *a, _real=real, _name=name, **k: (calls.append(_name),
+                                                                                      _real(*a, **k))[1])
+    args = inputs(1, 20, 2, 3, 1, 4, **VARIANTS["full"], seed=14)
+    want = run(ssd_reference, args, cast=torch.Tensor.double)
+    assert_close(run(ssd_kernels, args), want, FP32_TOL, GRAD_TOL)
+    assert calls == ["ssd_forward", "ssd_backward"]
+    calls.clear()
+    run(ssd, args)  # auto, CPU tensors: the reference
+    run(ssd, args, backend="reference")
+    assert calls == []
+    monkeypatch.setenv("MAMBAZOO_KERNEL_BACKEND", "triton")
+    bi = dict(args, **{k: torch.stack([args[k], args[k] * 0.5]) for k in BIDIR_NAMES})
+    assert_close(run(bidirectional_ssd, bi), run(bidirectional_ssd_reference, bi, cast=torch.Tensor.double),
+                 FP32_TOL, GRAD_TOL)
+    assert calls == ["ssd_forward", "ssd_backward"]
+
+
+def test_vim2_mixer_through_the_kernels(monkeypatch):
+    """The bidirectional Mamba-2 mixer (per-direction x, B, C; per-head D; no gate in the SSD)
+    gives the same output and parameter gradients through the Triton kernels as through the
+    reference (float32: 1e-4 relative; the conv runs its own Triton kernel too)."""
+    from mambazoo.layers import BidirectionalMamba2Mixer
+
+    torch.manual_seed(0)
+    mixer = BidirectionalMamba2Mixer(16, d_state=8, headdim=8, chunk_size=8)  # 4 heads
+    hidden = torch.randn(2, 21, 16)
+    params = dict(mixer.named_parameters())
+    results = {}
+    for backend in ("reference", "triton"):
+        monkeypatch.setenv("MAMBAZOO_KERNEL_BACKEND", backend)
+        out = mixer(hidden)
+        results[backend] = out, torch.autograd.grad((out * out.detach().cos()).sum(), list(params.values()))
+    (out, grads), (ref_out, ref_grads) = results["triton"], results["reference"]
+    assert rel_err(out, ref_out) < 1e-4
+    for name, got, want in zip(params, grads, ref_grads):
+        assert rel_err(got, want) < 1e-4, (name, rel_err(got, want))
+
+
+def test_safe_tiling_at_d_state_128():
+    """headdim blocks of 32 at d_state 128 crashed on the H200: the plan takes 64-channel blocks."""
+    triton_op.CONFIG = triton_op.SSDConfig(block_p=32)
+    assert triton_op._plan(2, 100, 4, 32, 128, 1, True).block_p == 64
+    assert triton_op._plan(2, 100, 4, 64, 128, 2, True).block_p == 64
+    assert triton_op._plan(2, 100, 4, 64, 64, 1, True).block_p == 32  # smaller states keep the choice
+
+
+def test_headdim_below_the_block_at_large_d_state():
+    """The safe tiling's partly filled block (headdim 24 in a 64-channel block, d_state 128)."""
+    triton_op.CONFIG = triton_op.SSDConfig(chunk=16)
+    args = inputs(1, 20, 2, 24, 1, 128, **VARIANTS["full"], seed=15)
+    assert_close(run(ssd_kernels, args), run(ssd_reference, args, cast=torch.Tensor.double), FP32_TOL, GRAD_TOL)

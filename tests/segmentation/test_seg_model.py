@@ -34,8 +34,16 @@ def test_odd_sizes_and_ignore_only_labels(segmentor):
     logits = segmentor(torch.randn(1, 3, 70, 50), mode="tensor")
     assert logits.shape == (1, NUM_CLASSES, 70, 50) and torch.isfinite(logits).all()
     head = segmentor.decode_head
-    loss = head.loss(torch.randn(1, NUM_CLASSES, 4, 4), torch.full((1, 16, 16), 255))
-    assert torch.isnan(loss["loss_ce"]) and loss["acc_seg"] == 0  # PyTorch's mean over no pixels
+    logits = torch.randn(2, NUM_CLASSES, 4, 4, requires_grad=True)
+    labels = torch.randint(0, NUM_CLASSES, (2, 16, 16))
+    labels[0] = 255
+    # the mean over labelled pixels only: image 0 (all ignored) does not dilute image 1's loss
+    expected = F.cross_entropy(F.interpolate(logits[1:], size=(16, 16), mode="bilinear"), labels[1:])
+    torch.testing.assert_close(head.loss(logits, labels)["loss_ce"], expected)
+    nothing = head.loss(logits, torch.full((2, 16, 16), 255))  # a batch without labels: 0, not NaN
+    assert nothing["loss_ce"].item() == 0 and nothing["acc_seg"] == 0
+    nothing["loss_ce"].backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
 
 
 def _build(test_cfg):

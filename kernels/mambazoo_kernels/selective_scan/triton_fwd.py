@@ -6,28 +6,34 @@ bidirectional scan, whose direction is grid axis 2):
     u, delta          (ndir, batch, dim, L) contiguous, fp32/bf16/fp16
     z, out            (batch, dim, L) contiguous (shared by both directions)
     A                 (ndir, dim, N) fp32;  D, delta_bias (ndir, dim) fp32
-    B, C per token    (ndir, batch, groups, N, L), any strides, passed explicitly
+    B, C per token    (ndir, batch, groups, N, L), any strides, passed explicitly (backward);
+                      the forward reads them staged as fp32 (ndir, batch, groups, Lp, N)
     B, C constant     (ndir, dim, N): the "group" stride is then the channel stride
     states            (ndir, batch, dim, N) fp32; checkpoints (ndir, batch, dim, n_chunks, N) fp32
 
-Direction 1 scans right to left by reading the time tiles in descending order and each tile
-backwards (reversed indices in the pointer arithmetic; the loads are per-element anyway, see
-``tile_load``), so both directions run the same code and nothing is flipped in memory.
+Direction 1 scans right to left: it walks the time tiles in descending order and each tile's
+steps backwards (the tiles themselves are loaded and stored in memory order), so both directions
+run the same code and nothing is flipped in memory.
 
-The forward kernel is time-parallel: a program owns BLOCK_D channels (all in one B/C group)
-and walks the sequence in chunks of T steps. Each [BLOCK_D, T] tile is laid out with VEC
-consecutive steps of one channel per thread and T // VEC threads along time (``tile_load``);
-per state n the chunk's recurrence h = a h + x is one ``tl.associative_scan`` along time (VEC
-sequential steps in registers, then log2(T // VEC) shuffle rounds), and the state at the
-chunk's end is carried to the next chunk. The state is stored at every chunk boundary
-(``store_ckpt``) for the backward, which recomputes the states chunk by chunk instead of
-keeping a (batch, dim, L, N) tensor.
+The forward kernel (``seq_forward_kernel``) is sequential in time with one thread per channel:
+a program owns ``BLOCK_D = 32 * num_warps`` channels (all in one B/C group), each thread keeps
+its channel's N states as N separate fp32 scalars (the source is generated per N), and the
+sequence is walked in tiles of T steps. A [BLOCK_D, T] tile of u and delta is loaded coalesced
+(threads along time) one tile ahead, converted once per tile to a layout holding a whole row per
+thread, and split into its T columns (register renames); step j then updates all N states of
+the thread's channel. B and C per token are staged once per call into fp32 (.., Lp, N) buffers
+(``stage_bc_kernel``), so one step's N values are 16-byte vectors that every thread of the
+program loads as broadcasts (N / 4 loads per step instead of N). The output columns are joined
+back into a tile, gated by z and stored coalesced. The state is stored on every chunk edge of the
+backward kernel (``store_ckpt``), which recomputes the states chunk by chunk from these
+checkpoints instead of keeping a (batch, dim, L, N) tensor.
 
 Why code generation: the N per-state carries are N separate [BLOCK_D] variables, one source
 line per state (a [BLOCK_D, N] tile would be spread over threads by Triton and cost a shuffle
 or shared-memory round trip per access). The source is generated for the N in use, written to a
 private temporary folder and imported, so ``inspect.getsource`` (used by both the compiler and
-``TRITON_INTERPRET=1``) can read it.
+``TRITON_INTERPRET=1``) can read it. The chunk helpers below ``SETUP`` (strided tile pieces,
+per-state scans) serve the time-parallel backward kernel in ``triton_bwd``.
 
 Long sequences with few channels (too few programs to fill the GPU) are cut into segments, grid
 axis 2 = direction x segment: a state pass (``STATE_PASS``) runs each segment from a zero state

@@ -1,22 +1,19 @@
-"""Public SSD (Mamba-2) ops: validate the arguments, then run the chosen backend."""
+"""Public SSD (Mamba-2) ops: validate the arguments, pick the backend, then call the registered
+``mambazoo::`` op (``library_ops``), which runs the Triton kernels or the PyTorch reference."""
 from __future__ import annotations
 
 import math
-import os
 from numbers import Real
 from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .._backend import BACKEND_ENV, select_backend
+from .._backend import use_triton
 from .._validation import check_d_state, check_optional, check_tensor
-from .reference import DEFAULT_DT_LIMIT, bidirectional_ssd_reference, ssd_reference
+from . import library_ops
+from .reference import DEFAULT_DT_LIMIT
 
 SEQ_IDX_DTYPES = (torch.int32, torch.int64)
-# The Triton SSD kernels plug in here: a ``triton_op`` module in this folder with
-# ``unsupported_reason(x, dt, A, B, C, z)``, ``ssd_triton`` and ``bidirectional_ssd_triton``
-# (the arguments of the public functions, minus ``backend``), as for the selective scan.
-HAS_TRITON = False
 
 
 def _check_shareable(name: str, value, prefix: Sequence[int], shape: Sequence, dims: str, device=None):
@@ -69,24 +66,20 @@ def _check_ssd_args(prefix, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_limit,
     check_optional("seq_idx", seq_idx, (batch, length), "(batch, length)", device, dtypes=SEQ_IDX_DTYPES)
 
 
-def _triton_or_none(op: str, backend: Optional[str], x, dt, A, B, C, z):
-    """The Triton module when the chosen backend is Triton and the kernels take these arguments.
+def _unsupported(x, dt, A, B, C, z):
+    """Why the Triton kernels cannot take these arguments (``None`` if they can).
 
-    Imported here, on first use, so that ``import mambazoo_kernels`` never imports Triton. Auto
-    selection falls back to the reference for arguments the kernels do not cover; an explicit
-    ``backend="triton"`` raises instead. While ``HAS_TRITON`` is False every call takes the reference
-    (and ``backend="triton"`` raises in ``select_backend``).
+    The Triton module is imported here, on first use, so that ``import mambazoo_kernels`` never
+    imports Triton.
     """
-    if select_backend(op, backend, x.device, has_triton=HAS_TRITON) != "triton":
-        return None
     from . import triton_op
 
-    reason = triton_op.unsupported_reason(x, dt, A, B, C, z)
-    if reason is None:
-        return triton_op
-    if (backend if backend is not None else os.environ.get(BACKEND_ENV, "auto")) == "triton":
-        raise NotImplementedError(f"{op}: {reason}; use backend='reference'")
-    return None
+    return triton_op.unsupported_reason(x, dt, A, B, C, z)
+
+
+def _needs_grad(*tensors) -> bool:
+    """Whether autograd will ask for gradients (the Triton forward then stores its checkpoints)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def ssd(
@@ -119,7 +112,8 @@ def ssd(
         A: ``(heads,)``, negative, kept fp32.
         B, C: ``(batch, length, groups, d_state)``; ``groups`` divides ``heads`` and head h reads
             group ``h // (heads // groups)``.
-        chunk_size: tokens per chunk; changes speed and memory, not the result (beyond rounding).
+        chunk_size: tokens per chunk of the reference; changes speed and memory, not the result
+            (beyond rounding). The Triton kernels choose their own chunk.
         D: ``(heads,)`` or ``(heads, headdim)`` skip connection, kept fp32.
         z: ``(batch, length, heads, headdim)`` gate: ``out = y * silu(z)``.
         dt_bias: ``(heads,)``, kept fp32.
@@ -136,12 +130,11 @@ def ssd(
         ``(batch, heads, headdim, d_state)``.
     """
     _check_ssd_args((), x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_limit, initial_states, seq_idx)
-    triton_op = _triton_or_none("ssd", backend, x, dt, A, B, C, z)
-    implementation = ssd_reference if triton_op is None else triton_op.ssd_triton
-    return implementation(
-        x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx,
-        return_final_states,
-    )
+    with_triton = use_triton("ssd", backend, x.device, lambda: _unsupported(x, dt, A, B, C, z))
+    tensors = (x, dt, A, B, C, D, z, dt_bias, initial_states)
+    out, final_states, *_ = library_ops.ssd_op(
+        *tensors, seq_idx, chunk_size, dt_softplus, [float(v) for v in dt_limit], with_triton, _needs_grad(*tensors))
+    return (out, final_states) if return_final_states else out
 
 
 def bidirectional_ssd(
@@ -191,9 +184,9 @@ def bidirectional_ssd(
         forward after the last token, reversed after the first.
     """
     _check_ssd_args((2,), x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_limit, initial_states, seq_idx)
-    triton_op = _triton_or_none("bidirectional_ssd", backend, x, dt, A, B, C, z)
-    implementation = bidirectional_ssd_reference if triton_op is None else triton_op.bidirectional_ssd_triton
-    return implementation(
-        x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx,
-        return_final_states, average,
-    )
+    with_triton = use_triton("bidirectional_ssd", backend, x.device, lambda: _unsupported(x, dt, A, B, C, z))
+    tensors = (x, dt, A, B, C, D, z, dt_bias, initial_states)
+    out, final_states, *_ = library_ops.bidirectional_ssd_op(
+        *tensors, seq_idx, chunk_size, dt_softplus, [float(v) for v in dt_limit], average, with_triton,
+        _needs_grad(*tensors))
+    return (out, final_states) if return_final_states else out

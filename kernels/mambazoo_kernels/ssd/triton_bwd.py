@@ -23,7 +23,7 @@ the cancellation of the telescoped form ``dy . y - u . du`` (O(1) terms cancelli
 result, which bf16 operands would swamp), and no carry crosses chunks.
 
 Deterministic: no float atomics. Gradients summed over programs (dB/dC over heads of a group and
-headdim blocks, dD over segments, dt over headdim blocks, x over directions) are written as
+headdim blocks, dD over segments, dt over headdim blocks, a shared x over directions) are written as
 per-program fp32 partials and summed by ``triton_op``.
 
 ``STATE_PASS`` (long sequences cut into segments): each segment's adjoint from a zero ``G``
@@ -37,7 +37,7 @@ import triton.language as tl
 from .triton_common import _cumsum, _mm, _sigmoid, _sum, chunk_setup
 
 # Sizes and flags that vary per call are plain (unspecialized) arguments, so one compiled kernel
-# serves every batch, length and head count; headdim, d_state and the B/C strides stay
+# serves every batch, length and head count; headdim, d_state and the x/B/C strides stay
 # specialized (divisibility by 16, unit stride) so that tile loads vectorize.
 RUNTIME_ARGS = ["batch", "L", "H", "heads_per_group", "n_chunks", "n_segs", "seg_chunks", "has_ginit"]
 
@@ -47,7 +47,7 @@ def ssd_bwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, ckpt_ptr, dout_ptr, ypre_ptr,
     ginit_ptr, dx_ptr, dz_ptr, dB_ptr, dC_ptr, da_ptr, dux_ptr, dD_ptr, dinit_ptr, seg_ptr,
     batch, L, H, P, N, heads_per_group, n_chunks, n_segs, seg_chunks,
-    sB_dir, sB_b, sB_t, sB_g, sB_n, sC_dir, sC_b, sC_t, sC_g, sC_n,
+    sx_dir, sB_dir, sB_b, sB_t, sB_g, sB_n, sC_dir, sC_b, sC_t, sC_g, sC_n,
     has_ginit, scale, dt_min, dt_max,
     Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, LOWP: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -118,7 +118,7 @@ def ssd_bwd_kernel(
         from_start = tl.where(start_ok, tl.exp(cs), 0.0)
         G_prev = G * tl.where(pass_ok, tl.exp(cs_last), 0.0) + _mm(tl.trans(dy * from_start[:, None]), Ct, LOWP, dtype)
         if not STATE_PASS:
-            xt = tl.load(x_ptr + offs, mask=qp_mask, other=0.0).to(tl.float32)
+            xt = tl.load(x_ptr + dir64 * sx_dir + offs, mask=qp_mask, other=0.0).to(tl.float32)
             Bt = tl.load(B_base + tok64[:, None] * sB_t + offs_n[None, :] * sB_n, mask=qn_mask, other=0.0)
             S0 = tl.load(ckpt_ptr + ((row * n_chunks + k) * P * N) + pn_offs, mask=pn_mask, other=0.0)
             u = xt * dt[:, None]

@@ -2,7 +2,9 @@
 
 Layouts (``triton_op`` prepares them; ``ndir`` is 1, or 2 for the bidirectional op):
 
-    x, z, out, ypre   (batch, L, heads, headdim) contiguous, fp32/bf16/fp16
+    x                 (ndir, batch, L, heads, headdim), contiguous per direction (direction
+                      stride ``sx_dir``: 0 when both directions read one x)
+    z, out, ypre      (batch, L, heads, headdim) contiguous, fp32/bf16/fp16
     dt                (ndir, batch, L, heads) contiguous, raw (bias/softplus/limit applied here)
     A, dt_bias        (ndir, heads) fp32;  D (ndir, heads, headdim) fp32
     B, C              (ndir, batch, L, groups, d_state), any strides (direction stride 0 = shared)
@@ -43,7 +45,7 @@ import triton.language as tl
 from .triton_common import _mm, _sigmoid, chunk_setup
 
 # Sizes and flags that vary per call are plain (unspecialized) arguments, so one compiled kernel
-# serves every batch, length and head count; headdim, d_state and the B/C strides stay
+# serves every batch, length and head count; headdim, d_state and the x/B/C strides stay
 # specialized (divisibility by 16, unit stride) so that tile loads vectorize.
 RUNTIME_ARGS = ["batch", "L", "H", "heads_per_group", "n_chunks", "n_segs", "seg_chunks",
                 "has_init", "store_ckpt", "store_ypre"]
@@ -54,7 +56,7 @@ def ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, init_ptr,
     out_ptr, final_ptr, ckpt_ptr, ybuf_ptr, flag_ptr, ypre_ptr, seg_ptr, segdecay_ptr,
     batch, L, H, P, N, heads_per_group, n_chunks, n_segs, seg_chunks,
-    sB_dir, sB_b, sB_t, sB_g, sB_n, sC_dir, sC_b, sC_t, sC_g, sC_n,
+    sx_dir, sB_dir, sB_b, sB_t, sB_g, sB_n, sC_dir, sC_b, sC_t, sC_g, sC_n,
     has_init, store_ckpt, store_ypre, scale, dt_min, dt_max,
     Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, LOWP: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -88,7 +90,7 @@ def ssd_fwd_kernel(
         Dv = tl.load(D_ptr + (dir64 * H + h) * P + offs_p, mask=pmask, other=0.0)
     dt_base = dt_ptr + (dir64 * batch + b) * L * H + h
     seq_base = seq_ptr + b * L
-    x_base = x_ptr + b * L * H * P + h * P
+    x_base = x_ptr + dir64 * sx_dir + b * L * H * P + h * P
     B_base = B_ptr + dir64 * sB_dir + b * sB_b + g * sB_g
     C_base = C_ptr + dir64 * sC_dir + b * sC_b + g * sC_g
     tokP = H * P  # token stride of x / z / out

@@ -1,10 +1,12 @@
-"""Triton SSD (Mamba-2): autograd function and launchers (imported only when the backend is used).
+"""Triton SSD (Mamba-2): launchers (imported only when the backend is used).
 
 The single-direction op is the bidirectional machinery with one direction: every per-direction
 tensor (dt, A, D, dt_bias, initial states, and B/C, shared ones as stride-0 views) gets a
-leading axis of size ``ndir`` (1 or 2) and one autograd function runs the kernels of
-``triton_fwd`` / ``triton_bwd``. Launchers make no ``torch.cuda`` call, so the same code runs
-the kernels on CPU tensors under ``TRITON_INTERPRET=1``.
+leading axis of size ``ndir`` (1 or 2), x is read per direction or shared (direction stride 0),
+and the same kernels of ``triton_fwd`` / ``triton_bwd`` run. Autograd belongs to the
+``mambazoo::ssd`` / ``mambazoo::bidirectional_ssd`` ops (``library_ops``), which call
+:func:`ssd_forward` and :func:`ssd_backward`. Launchers make no ``torch.cuda`` call, so the same
+code runs the kernels on CPU tensors under ``TRITON_INTERPRET=1``.
 
 The kernels use their own chunk (:meth:`SSDConfig.chunk_for`: 32 or 64 tokens): ``chunk_size``
 changes the reference's speed and memory, not the result, and the kernels' register tiles fix
@@ -18,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from .._library import _autograd_inside_kernel
 from .reference import DEFAULT_DT_LIMIT, process_dt
 from .triton_bwd import ssd_bwd_kernel
 from .triton_common import segment_combine_kernel
@@ -99,7 +102,13 @@ class _Plan:
 def _plan(batch: int, length: int, heads: int, headdim: int, d_state: int, ndir: int, need_grad: bool) -> _Plan:
     cfg = CONFIG if CONFIG is not None else SSDConfig()
     chunk = cfg.chunk_for(length, need_grad)
+    block_n = max(16, _pow2(d_state))
     block_p = max(16, min(cfg.block_p, _pow2(headdim)))
+    if block_n >= 128:
+        # block_p 32 with d_state 128 hit an illegal address on the H200 (triton 3.6, 2026-11-28,
+        # benchmarks/results/ssd_2026-11-28_run1_log.txt); 64-channel blocks run there (a headdim
+        # below 64 then fills the block partly, masked).
+        block_p = max(block_p, 64)
     n_pb = cdiv(headdim, block_p)
     n_chunks = cdiv(length, chunk)
     # Cut the sequence into segments when (batch, head, block, direction) programs cannot fill
@@ -112,7 +121,7 @@ def _plan(batch: int, length: int, heads: int, headdim: int, d_state: int, ndir:
             cdiv(cfg.target_programs, programs), n_chunks // 2)
     seg_chunks = cdiv(n_chunks, n_segs)
     n_segs = cdiv(n_chunks, seg_chunks)
-    return _Plan(chunk, block_p, max(16, _pow2(d_state)), n_pb, n_chunks, n_segs, seg_chunks, cfg)
+    return _Plan(chunk, block_p, block_n, n_pb, n_chunks, n_segs, seg_chunks, cfg)
 
 
 def _combine(seg, decay, init, reverse):
@@ -139,22 +148,25 @@ def _common_args(x, B, C, D, z, bias, seq_idx, softplus, dt_limit, plan):
     return flags, limits
 
 
+
 def _forward(x, dt, A, B, C, D, z, bias, h0, seq_idx, softplus, dt_limit, scale, need_grad):
+    """Kernel layouts in (see :func:`_kernel_args`); returns out, final states and, with
+    ``need_grad``, what the backward needs (checkpoints, ypre, segment decays; else ``None``)."""
     ndir = dt.shape[0]
-    batch, length, heads, headdim = x.shape
+    batch, length, heads, headdim = x.shape[-4:]
     groups, d_state = B.shape[-2:]
     bidir = ndir == 2
     plan = _plan(batch, length, heads, headdim, d_state, ndir, need_grad)
     flags, (dt_min, dt_max) = _common_args(x, B, C, D, z, bias, seq_idx, softplus, dt_limit, plan)
     f32 = dict(dtype=torch.float32, device=x.device)
     nc, n_segs = plan.n_chunks, plan.n_segs
-    out = torch.empty_like(x)
+    out = x.new_empty((batch, length, heads, headdim))
     final = torch.empty((ndir, batch, heads, headdim, d_state), **f32)
     ckpt = torch.empty((ndir, batch, heads, nc, headdim, d_state), **f32) if need_grad else final
     ybuf = torch.empty((2, batch, length, heads, headdim), **f32) if bidir else final
     flag = torch.zeros((batch * heads, plan.n_pb, nc), dtype=torch.int32, device=x.device) if bidir else final
-    need_ypre = need_grad and bidir and z is not None
-    ypre = torch.empty_like(x) if need_ypre else out
+    need_ypre = _stores_ypre(bidir, z, need_grad)
+    ypre = torch.empty_like(out) if need_ypre else out
     seg = torch.empty((ndir, batch, heads, n_segs, headdim, d_state), **f32) if n_segs > 1 else final
     segdecay = torch.empty((ndir, batch, heads, n_segs), **f32)
     grid = (batch * heads, plan.n_pb, ndir * n_segs)
@@ -165,8 +177,8 @@ def _forward(x, dt, A, B, C, D, z, bias, h0, seq_idx, softplus, dt_limit, scale,
             x if seq_idx is None else seq_idx, final if init is None else init,
             out, final, ckpt, ybuf, flag, ypre, seg, segdecay,
             batch, length, heads, headdim, d_state, heads // groups, nc, n_segs, plan.seg_chunks,
-            *_bc_strides(B), *_bc_strides(C), int(init is not None), int(store_ckpt), int(need_ypre),
-            scale, dt_min, dt_max, STATE_PASS=state_pass, BIDIR=bidir,
+            _x_dir_stride(x), *_bc_strides(B), *_bc_strides(C), int(init is not None), int(store_ckpt),
+            int(need_ypre), scale, dt_min, dt_max, STATE_PASS=state_pass, BIDIR=bidir,
             num_warps=plan.cfg.warps(plan.block_n, False), **flags,
         )
 
@@ -176,26 +188,20 @@ def _forward(x, dt, A, B, C, D, z, bias, h0, seq_idx, softplus, dt_limit, scale,
         launch(False, seg, need_grad)
     else:
         launch(False, h0, need_grad)
-    saved = _Saved(ckpt if need_grad else None, ypre if need_ypre else None, segdecay if n_segs > 1 else None, plan)
-    return out, final, saved
+    if not need_grad:
+        return out, final, None, None, None
+    return out, final, ckpt, ypre if need_ypre else None, segdecay if n_segs > 1 else None
 
 
-@dataclass
-class _Saved:
-    """What the forward hands to the backward besides the inputs."""
-
-    ckpt: Optional[torch.Tensor]
-    ypre: Optional[torch.Tensor]
-    segdecay: Optional[torch.Tensor]
-    plan: _Plan
-
-
-def _backward(x, dt, A, B, C, D, z, bias, seq_idx, softplus, dt_limit, scale, saved: _Saved, dout, dfinal):
+def _backward(x, dt, A, B, C, D, z, bias, seq_idx, softplus, dt_limit, scale, ckpt, ypre, segdecay, dout, dfinal):
+    """Kernel layouts in; gradients in kernel layouts (fp32 except dx of one direction and dz):
+    dx ``(2, ...)`` per direction for the bidirectional op (summed by the caller when x is shared),
+    dt, A, B, C (per direction), D per channel, z, dt_bias, initial states."""
     ndir = dt.shape[0]
-    batch, length, heads, headdim = x.shape
+    batch, length, heads, headdim = x.shape[-4:]
     groups, d_state = B.shape[-2:]
     bidir = ndir == 2
-    plan, ckpt, ypre = saved.plan, saved.ckpt, saved.ypre
+    plan = _plan(batch, length, heads, headdim, d_state, ndir, need_grad=True)
     flags, (dt_min, dt_max) = _common_args(x, B, C, D, z, bias, seq_idx, softplus, dt_limit, plan)
     f32 = dict(dtype=torch.float32, device=x.device)
     nc, n_segs, n_pb = plan.n_chunks, plan.n_segs, plan.n_pb
@@ -213,24 +219,23 @@ def _backward(x, dt, A, B, C, D, z, bias, seq_idx, softplus, dt_limit, scale, sa
     def launch(state_pass, ginit):
         ssd_bwd_kernel[grid](
             x, dt, A, B, C, x if D is None else D, x if z is None else z, A if bias is None else bias,
-            x if seq_idx is None else seq_idx, dinit if ckpt is None else ckpt, dout,
-            dout if ypre is None else ypre, dinit if ginit is None else ginit,
+            x if seq_idx is None else seq_idx, ckpt, dout, dout if ypre is None else ypre,
+            dinit if ginit is None else ginit,
             dx, dx if dz is None else dz, dB, dC, da, dux, da if dD is None else dD, dinit, seg,
             batch, length, heads, headdim, d_state, heads // groups, nc, n_segs, plan.seg_chunks,
-            *_bc_strides(B), *_bc_strides(C), int(ginit is not None), scale, dt_min, dt_max,
+            _x_dir_stride(x), *_bc_strides(B), *_bc_strides(C), int(ginit is not None), scale, dt_min, dt_max,
             STATE_PASS=state_pass, BIDIR=bidir, num_warps=plan.cfg.warps(plan.block_n, True), **flags,
         )
 
     if n_segs > 1:
         launch(True, None)
-        _combine(seg, saved.segdecay, dfinal, reverse=True)
+        _combine(seg, segdecay, dfinal, reverse=True)
         launch(False, seg)
     else:
         launch(False, dfinal)
 
     da = da.sum(1)  # (ndir, batch, length, heads)
-
-    with torch.enable_grad():
+    with _autograd_inside_kernel():  # the dt processing's chain rule, through autograd
         raw = dt.detach().requires_grad_()
         b_leaf = None if bias is None else bias.detach().requires_grad_()
         dt_proc = process_dt(raw, None if b_leaf is None else b_leaf[:, None, None, :], softplus, dt_limit)
@@ -238,84 +243,100 @@ def _backward(x, dt, A, B, C, D, z, bias, seq_idx, softplus, dt_limit, scale, sa
         leaves = [raw] + ([] if b_leaf is None else [b_leaf])
         grads = torch.autograd.grad(dt_proc, leaves, ddt_proc)
     dA = (da * dt_proc.detach()).sum((1, 2))
-    ddt, dbias = grads[0], (grads[1] if b_leaf is not None else None)
+    # dt_bias's gradient is a sum over (batch, length) of ddt's, a view of it when both are 1: copy.
+    ddt, dbias = grads[0], (grads[1].clone() if b_leaf is not None else None)
     bc_grad = lambda part: part.view(ndir, batch, length, groups, -1, d_state).sum(4)  # noqa: E731
-    return (
-        dx.sum(0).to(x.dtype) if bidir else dx, ddt, dA, bc_grad(dB), bc_grad(dC),
-        None if dD is None else dD.sum((1, 3)), dz, dbias, dinit,
-    )
-
+    return dx, ddt, dA, bc_grad(dB), bc_grad(dC), None if dD is None else dD.sum((1, 3)), dz, dbias, dinit
 
 
 def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.to(torch.float32).contiguous()
 
 
-class _SSDFn(torch.autograd.Function):
-    """Per-direction tensors with a leading ``ndir`` axis (B/C possibly stride-0 views of shared
-    ones, D per channel); returns (out, final states)."""
-
-    @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, softplus, dt_limit, scale):
-        x, dt = x.contiguous(), dt.contiguous()
-        z = None if z is None else z.contiguous()
-        seq_idx = None if seq_idx is None else seq_idx.contiguous()
-        A32, D32, bias32, h0 = _f32(A), _f32(D), _f32(dt_bias), _f32(initial_states)
-        need_grad = any(ctx.needs_input_grad)
-        out, final, saved = _forward(x, dt, A32, B, C, D32, z, bias32, h0, seq_idx, softplus, dt_limit, scale,
-                                     need_grad)
-        if need_grad:
-            ctx.save_for_backward(x, dt, A32, B, C, D32, z, bias32, seq_idx, saved.ckpt, saved.ypre,
-                                  saved.segdecay)
-            ctx.meta = (softplus, dt_limit, scale, saved.plan, A.dtype, None if D is None else D.dtype,
-                        None if dt_bias is None else dt_bias.dtype,
-                        None if initial_states is None else initial_states.dtype)
-        ctx.set_materialize_grads(False)
-        return out, final
-
-    @staticmethod
-    def backward(ctx, dout, dfinal):
-        x, dt, A32, B, C, D32, z, bias32, seq_idx, ckpt, ypre, segdecay = ctx.saved_tensors
-        softplus, dt_limit, scale, plan, a_dtype, d_dtype, bias_dtype, h0_dtype = ctx.meta
-        dout = torch.zeros_like(x) if dout is None else dout.contiguous()
-        dfinal = None if dfinal is None else dfinal.to(torch.float32).contiguous()
-        saved = _Saved(ckpt, ypre, segdecay, plan)
-        dx, ddt, dA, dB, dC, dD, dz, dbias, dinit = _backward(
-            x, dt, A32, B, C, D32, z, bias32, seq_idx, softplus, dt_limit, scale, saved, dout, dfinal)
-        return (
-            dx, ddt.to(dt.dtype), dA.to(a_dtype), dB.to(B.dtype), dC.to(C.dtype),
-            None if dD is None else dD.to(d_dtype), dz,
-            None if dbias is None else dbias.to(bias_dtype),
-            None if h0_dtype is None else dinit.to(h0_dtype),
-            None, None, None, None,
-        )
+def _x_dir_stride(x: torch.Tensor) -> int:
+    """Direction stride of the kernels' x: 0 when the directions share one ``(batch, L, heads, headdim)``."""
+    return x.stride(0) if x.dim() == 5 else 0
 
 
-def _per_channel_D(D: Optional[torch.Tensor], headdim: int) -> Optional[torch.Tensor]:
-    """(ndir, heads) or (ndir, heads, headdim) -> (ndir, heads, headdim); autograd sums it back."""
-    if D is None or D.dim() == 3:
-        return D
-    return D.unsqueeze(-1).expand(*D.shape, headdim)
+def _stores_ypre(bidirectional: bool, z, save: bool) -> bool:
+    return save and bidirectional and z is not None
 
 
-def ssd_triton(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
-               dt_limit=DEFAULT_DT_LIMIT, initial_states=None, seq_idx=None, return_final_states=False):
-    """Triton SSD; same arguments and returns as :func:`mambazoo_kernels.ssd` (``chunk_size`` is
-    the reference's: the kernels use :data:`CONFIG`'s chunk, the result does not depend on it)."""
-    first = lambda t: None if t is None else t.unsqueeze(0)  # noqa: E731
-    out, final = _SSDFn.apply(x, first(dt), first(A), first(B), first(C), _per_channel_D(first(D), x.shape[-1]),
-                              z, first(dt_bias), first(initial_states), seq_idx, dt_softplus, tuple(dt_limit), 1.0)
-    return (out, final[0]) if return_final_states else out
+# Entry points of the torch.library ops (``ssd/library_ops``): public layouts in and out; the ops
+# own autograd, these only launch. Every tensor the backward needs besides the inputs is a plain
+# output of the forward ((0,)-shaped when not stored), and ``saved_shapes`` gives their shapes
+# without launching, for the ops' fake implementations.
 
 
-def bidirectional_ssd_triton(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, dt_softplus=False,
-                             dt_limit=DEFAULT_DT_LIMIT, initial_states=None, seq_idx=None,
-                             return_final_states=False, average=False):
-    """Both directions in one launch; same arguments and returns as the reference
-    ``bidirectional_ssd``: per-direction dt/A/D/dt_bias/initial_states on a leading axis of 2,
-    B/C shared ``(batch, length, groups, d_state)`` or per direction ``(2, ...)``, x/z shared;
-    ``out = (y_forward + y_reversed) (/ 2 if average) * silu(z)``."""
-    both = lambda t: t if t.dim() == 5 else t.unsqueeze(0).expand(2, *t.shape)  # noqa: E731
-    out, final = _SSDFn.apply(x, dt, A, both(B), both(C), _per_channel_D(D, x.shape[-1]), z, dt_bias,
-                              initial_states, seq_idx, dt_softplus, tuple(dt_limit), 0.5 if average else 1.0)
-    return (out, final) if return_final_states else out
+def _kernel_args(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, bidirectional: bool):
+    """Public layouts -> the kernels': a leading ``ndir`` axis on every per-direction tensor (shared
+    B/C as stride-0 views, any other strides kept), contiguous x (shared 4-D or per direction 5-D),
+    dt, z and seq_idx, fp32 contiguous A, D per channel, dt_bias and initial states."""
+    ndir = 2 if bidirectional else 1
+    lead = (lambda t: t) if bidirectional else (lambda t: None if t is None else t.unsqueeze(0))
+    both = lambda t: t if t.dim() == 5 else t.unsqueeze(0).expand(ndir, *t.shape)  # noqa: E731
+    kD = _f32(lead(D))
+    if kD is not None and kD.dim() == 2:  # per head -> per channel
+        kD = kD.unsqueeze(-1).expand(*kD.shape, x.shape[-1]).contiguous()
+    contiguous = lambda t: None if t is None else t.contiguous()  # noqa: E731
+    return (x.contiguous(), lead(dt).contiguous(), _f32(lead(A)), both(B), both(C), kD, contiguous(z),
+            _f32(lead(dt_bias)), _f32(lead(initial_states)), contiguous(seq_idx))
+
+
+def saved_shapes(x, dt, B, z, bidirectional: bool, save: bool):
+    """Shapes of the (checkpoints, ypre, segment decays) outputs of :func:`ssd_forward`, for fake
+    tensors. The tiling is planned on concrete sizes, so under dynamic shapes a compiled graph
+    guards on (specializes) the sizes of the Triton SSD's inputs."""
+    if not save:
+        return (0,), (0,), (0,)
+    ndir = 2 if bidirectional else 1
+    batch, length, heads, headdim = (int(s) for s in x.shape[-4:])
+    d_state = int(B.shape[-1])
+    plan = _plan(batch, length, heads, headdim, d_state, ndir, need_grad=True)
+    ckpt = (ndir, batch, heads, plan.n_chunks, headdim, d_state)
+    ypre = (batch, length, heads, headdim) if _stores_ypre(bidirectional, z, save) else (0,)
+    segdecay = (ndir, batch, heads, plan.n_segs) if plan.n_segs > 1 else (0,)
+    return ckpt, ypre, segdecay
+
+
+def ssd_forward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, softplus: bool, dt_limit, scale: float,
+                bidirectional: bool, save: bool):
+    """Forward kernels: ``(out, final states, checkpoints, ypre, segment decays)``; the last three
+    feed :func:`ssd_backward` and are stored only with ``save`` ((0,)-shaped otherwise)."""
+    kargs = _kernel_args(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, bidirectional)
+    out, final, ckpt, ypre, segdecay = _forward(*kargs, softplus, tuple(dt_limit), scale, save)
+    empty = lambda dtype=torch.float32: x.new_empty(0, dtype=dtype)  # noqa: E731
+    return (
+        out, final if bidirectional else final[0],
+        empty() if ckpt is None else ckpt, empty(x.dtype) if ypre is None else ypre,
+        empty() if segdecay is None else segdecay,
+    )
+
+
+def ssd_backward(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, ckpt, ypre, segdecay,
+                 softplus: bool, dt_limit, scale: float, bidirectional: bool):
+    """Backward kernels from :func:`ssd_forward`'s stored outputs: the gradients of
+    ``(x, dt, A, B, C, D, z, dt_bias, initial_states)`` in their shapes and dtypes, ``None`` for
+    absent inputs. Inputs the directions share (x, B, C) get the sum of both directions'."""
+    if ckpt.numel() == 0:
+        raise RuntimeError("the SSD forward ran without save_for_backward; no gradient possible")
+    inputs = (x, dt, A, B, C, D, z, dt_bias, initial_states)
+    *kargs, _, kseq = _kernel_args(*inputs, seq_idx, bidirectional)  # no initial states
+    dfinal = dfinal if bidirectional else dfinal.unsqueeze(0)
+    grads = _backward(*kargs, kseq, softplus, tuple(dt_limit), scale, ckpt, ypre if ypre.numel() else None,
+                      segdecay if segdecay.numel() else None, dout.contiguous(),
+                      dfinal.to(torch.float32).contiguous())
+    lead = 1 if bidirectional else 0  # dims of the direction axis in the public layout
+    result = []
+    for name, grad, t in zip(("x", "dt", "A", "B", "C", "D"), grads, inputs):
+        if t is None:
+            result.append(None)
+            continue
+        if bidirectional and name in ("x", "B", "C") and t.dim() == 4:  # shared by the directions
+            grad = grad.sum(0)
+        elif name == "D" and t.dim() == lead + 1:  # per head
+            grad = grad.sum(-1)
+        result.append(grad.reshape(t.shape).to(t.dtype))
+    for grad, t in zip(grads[6:], inputs[6:]):
+        result.append(None if t is None else grad.reshape(t.shape).to(t.dtype))
+    return tuple(result)

@@ -11,11 +11,13 @@ Phases (``--phases``, comma separated, default all):
   not), each compiling its forward and backward).
 * ``check``: bf16 inputs, Triton vs the PyTorch reference in fp32 on the same (rounded) inputs,
   relative L2 error of the output, final states and every gradient, at the FACTS.md shapes; the
-  packed varlen row; the bidirectional op against two reference runs.
+  packed varlen row; the bidirectional op against two reference runs, in both layouts (shared
+  x/B/C with a gate z; and vim2's: x, B and C per direction, no gate).
 * ``time``: ``triton.testing.do_bench`` medians of forward and forward+backward per row, each as
   a fraction of the memory and bf16-matmul limits (FACTS.md section 1 formulas) and against
   mamba_ssm 2.3.2's ``mamba_chunk_scan_combined`` (chunk 256); the bidirectional op in one launch
-  vs two single-direction calls with flips.
+  vs two single-direction calls with flips, in both layouts ("bidir" and "bidir_vim2": what
+  ``BidirectionalMamba2Mixer`` calls, one conv per direction, so x, B and C per direction).
 * ``profile``: torch.profiler's kernel table for one row's forward+backward (LM 8k).
 * ``big``: a forward over more than 2^31 elements of x, the last head of the last batch row
   checked against the reference, and separately its ~40 % of tokens whose offsets pass 2^31.
@@ -44,6 +46,7 @@ if DRY:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from mambazoo_kernels import bidirectional_ssd, ssd  # noqa: E402
 from mambazoo_kernels.ssd import triton_op  # noqa: E402
 from mambazoo_kernels.ssd.reference import ssd_reference  # noqa: E402
 
@@ -91,12 +94,15 @@ def set_config(spec, segments=None):
             triton_op.CONFIG = triton_op.SSDConfig(**{**triton_op.CONFIG.__dict__, "segments": segments})
 
 
-def make_args(batch, length, heads, headdim, d_state, n_seqs=1, bidir=False, z=False, seed=0, grad=False):
+def make_args(batch, length, heads, headdim, d_state, n_seqs=1, bidir=False, z=False, seed=0, grad=False,
+              per_dir=False):
     """Mamba-2-like inputs as the FACTS anchors ran them: bf16 x/B/C(/z), fp32 dt, one group,
-    A in [-16, -1], dt = softplus(dt + dt_bias) in [1e-3, 1e-1], D per head."""
+    A in [-16, -1], dt = softplus(dt + dt_bias) in [1e-3, 1e-1], D per head; ``per_dir``: x, B
+    and C per direction (the vim2 layout)."""
     g = torch.Generator(device=device()).manual_seed(seed)
     dev = device()
     lead = (2,) if bidir else ()
+    own = (2,) if per_dir else ()
 
     def randn(*shape, dtype=torch.bfloat16):
         return torch.randn(*shape, generator=g, device=dev, dtype=torch.float32).to(dtype)
@@ -104,11 +110,11 @@ def make_args(batch, length, heads, headdim, d_state, n_seqs=1, bidir=False, z=F
     dt0 = torch.exp(torch.rand(*lead, heads, generator=g, device=dev) * (math.log(0.1) - math.log(1e-3))
                     + math.log(1e-3))
     args = dict(
-        x=randn(batch, length, heads, headdim),
+        x=randn(*own, batch, length, heads, headdim),
         dt=randn(*lead, batch, length, heads, dtype=torch.float32) * 0.5,
         A=-torch.empty(*lead, heads, device=dev).uniform_(1, 16, generator=g),
-        B=randn(batch, length, 1, d_state),
-        C=randn(batch, length, 1, d_state),
+        B=randn(*own, batch, length, 1, d_state),
+        C=randn(*own, batch, length, 1, d_state),
         D=torch.ones(*lead, heads, device=dev),
         z=randn(batch, length, heads, headdim) if z else None,
         dt_bias=torch.log(torch.expm1(dt0)),
@@ -138,15 +144,23 @@ def upcast(args):
                 and v.is_floating_point() else v) for k, v in args.items()}
 
 
-def two_single_calls(args, average=True, op=None):
+def triton_ssd(*args, **kwargs):
+    return ssd(*args, **kwargs, backend="triton")
+
+
+def triton_bidirectional_ssd(*args, **kwargs):
+    return bidirectional_ssd(*args, **kwargs, backend="triton")
+
+
+def two_single_calls(args, average=True, op=triton_ssd):
     """What a bidirectional layer does without the fused op: two calls, flips around the second."""
-    op = op or triton_op.ssd_triton
     flip = lambda t: None if t is None else t.flip(1)  # noqa: E731
+    own = lambda t, d: t[d] if t.dim() == 5 else t  # noqa: E731  (per direction or shared)
     common = dict(dt_softplus=True)
-    y_f = op(args["x"], args["dt"][0], args["A"][0], args["B"], args["C"], D=args["D"][0],
-             dt_bias=args["dt_bias"][0], **common)
-    y_r = op(flip(args["x"]), flip(args["dt"][1]), args["A"][1], flip(args["B"]), flip(args["C"]),
-             D=args["D"][1], dt_bias=args["dt_bias"][1], **common)
+    y_f = op(own(args["x"], 0), args["dt"][0], args["A"][0], own(args["B"], 0), own(args["C"], 0),
+             D=args["D"][0], dt_bias=args["dt_bias"][0], **common)
+    y_r = op(flip(own(args["x"], 1)), flip(args["dt"][1]), args["A"][1], flip(own(args["B"], 1)),
+             flip(own(args["C"], 1)), D=args["D"][1], dt_bias=args["dt_bias"][1], **common)
     out = y_f + flip(y_r)
     out = out * 0.5 if average else out
     return out * F.silu(args["z"]) if args["z"] is not None else out
@@ -157,16 +171,18 @@ def two_single_calls(args, average=True, op=None):
 
 
 def _warm(d_state, kind, segments, spec):
-    """Compile forward and backward of one variant (``kind``: single/packed/bidir) in its own process."""
+    """Compile forward and backward of one variant (``kind``: single/packed/bidir/bidir_vim2) in
+    its own process."""
     set_config(spec, segments)
     start = time.time()
     shape = (1, 90, 2, 16, 16) if DRY else (1, 1100, 2, 64, d_state)
-    args = make_args(*shape, n_seqs=3 if kind == "packed" else 1, bidir=kind == "bidir", z=kind == "bidir",
-                     grad=True)
-    if kind == "bidir":
-        out = triton_op.bidirectional_ssd_triton(**args, average=True)
+    bidir = kind.startswith("bidir")
+    args = make_args(*shape, n_seqs=3 if kind == "packed" else 1, bidir=bidir, z=kind == "bidir",
+                     per_dir=kind == "bidir_vim2", grad=True)
+    if bidir:
+        out = triton_bidirectional_ssd(**args, average=True)
     else:
-        out = triton_op.ssd_triton(**args)
+        out = triton_ssd(**args)
     out.float().sum().backward()
     sync()
     return f"N={d_state} {kind} segments={segments} {spec} in {time.time() - start:.0f} s"
@@ -175,7 +191,7 @@ def _warm(d_state, kind, segments, spec):
 def phase_warmup(shapes, configs, log):
     jobs = set()
     for name, (shape, _, _, n_seqs) in shapes.items():
-        kinds = ["packed" if n_seqs > 1 else "single"] + (["bidir"] if name in BIDIR_ROWS else [])
+        kinds = ["packed" if n_seqs > 1 else "single"] + (["bidir", "bidir_vim2"] if name in BIDIR_ROWS else [])
         for kind in kinds:
             for spec in [None] + [CONFIGS[c] for c in configs if kind == "single"]:
                 for segments in (1, 2):
@@ -204,18 +220,19 @@ def phase_warmup(shapes, configs, log):
 # check
 
 
-def check_row(shape, n_seqs=1, bidirectional=False):
+def check_row(shape, n_seqs=1, bidirectional=False, per_dir=False):
     """Relative errors of the Triton op against the reference on fp32 copies of the same inputs:
     output, final states and every gradient (one random cotangent for each)."""
-    args = make_args(*shape, n_seqs=n_seqs, bidir=bidirectional, z=bidirectional, seed=1, grad=True)
+    args = make_args(*shape, n_seqs=n_seqs, bidir=bidirectional, z=bidirectional and not per_dir, seed=1, grad=True,
+                     per_dir=per_dir)
     ref_args = upcast(args)
     if bidirectional:
-        out = triton_op.bidirectional_ssd_triton(**args, average=True)
+        out = triton_bidirectional_ssd(**args, average=True)
         ref = two_single_calls(ref_args, op=ssd_reference)
         res = {"out": rel(out, ref)}
         outputs, ref_outputs = (out,), (ref,)
     else:
-        out, state = triton_op.ssd_triton(**args, return_final_states=True)
+        out, state = triton_ssd(**args, return_final_states=True)
         ref, ref_state = ssd_reference(**ref_args, return_final_states=True)
         res = {"out": rel(out, ref), "final_states": rel(state, ref_state)}
         outputs, ref_outputs = (out, state), (ref, ref_state)
@@ -235,9 +252,10 @@ def phase_check(shapes, log):
         results[name] = check_row(shape, n_seqs)
         log(f"  {name:13s} {fmt_errors(results[name])} ({time.time() - start:.1f} s)")
         if name in BIDIR_ROWS:
-            start = time.time()
-            results[name + "_bidir"] = check_row(shape, bidirectional=True)
-            log(f"  {name:13s} bidir {fmt_errors(results[name + '_bidir'])} ({time.time() - start:.1f} s)")
+            for kind in ("bidir", "bidir_vim2"):
+                start = time.time()
+                results[f"{name}_{kind}"] = check_row(shape, bidirectional=True, per_dir=kind == "bidir_vim2")
+                log(f"  {name:13s} {kind} {fmt_errors(results[f'{name}_{kind}'])} ({time.time() - start:.1f} s)")
         if not DRY:
             torch.cuda.empty_cache()
     worst = max(v for r in results.values() for v in r.values())
@@ -263,16 +281,18 @@ def bench(fn, grad_to_none=None):
     return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
 
 
-def limits(shape, chunk, ndir=1, z=False):
+def limits(shape, chunk, ndir=1, z=False, per_dir=False):
     """(memory ms, matmul ms) lower bounds, FACTS.md section 1 (bf16, one group): forward, and
-    forward + backward (bytes of both passes; flops 3x the forward's, the usual ratio)."""
+    forward + backward (bytes of both passes; flops 3x the forward's, the usual ratio).
+    ``per_dir``: x, B and C (and their gradients) once per direction."""
     batch, length, heads, headdim, d_state = shape
     groups = 1
-    bytes_fwd = 2 * batch * length * (2 * heads * headdim + 2 * groups * d_state + ndir * heads
+    own = ndir if per_dir else 1
+    bytes_fwd = 2 * batch * length * ((own + 1) * heads * headdim + 2 * own * groups * d_state + ndir * heads
                                       + (heads * headdim if z else 0))
     # backward: read x, dout (z), dt, B, C; write dx (dz), ddt, dB, dC
-    bytes_bwd = 2 * batch * length * (3 * heads * headdim + 4 * groups * d_state + 2 * ndir * heads
-                                      + (2 * heads * headdim if z else 0))
+    bytes_bwd = 2 * batch * length * ((2 * own + 1) * heads * headdim + 4 * own * groups * d_state
+                                      + 2 * ndir * heads + (2 * heads * headdim if z else 0))
     flops = ndir * 2 * batch * length * (groups * chunk * d_state / 2 + heads * chunk * headdim / 2
                                          + 2 * heads * d_state * headdim)
     return ((bytes_fwd / BYTES_PER_S * 1e3, flops / MATMUL_FLOPS * 1e3),
@@ -282,20 +302,22 @@ def limits(shape, chunk, ndir=1, z=False):
 def time_single(shape, n_seqs):
     args = make_args(*shape, n_seqs=n_seqs, seed=3)
     with torch.no_grad():
-        fwd = bench(lambda: triton_op.ssd_triton(**args))
+        fwd = bench(lambda: triton_ssd(**args))
     gargs = make_args(*shape, n_seqs=n_seqs, seed=3, grad=True)
     dout = torch.randn(shape[:4], device=device(), dtype=torch.bfloat16)
-    return fwd, bench(lambda: triton_op.ssd_triton(**gargs).backward(dout), grad_to_none=leaves(gargs))
+    return fwd, bench(lambda: triton_ssd(**gargs).backward(dout), grad_to_none=leaves(gargs))
 
 
-def time_bidir(shape):
-    args = make_args(*shape, bidir=True, z=True, seed=4)
+def time_bidir(shape, per_dir=False):
+    """Fused vs two calls; shared x/B/C with a gate, or (``per_dir``) the vim2 layout, no gate."""
+    layout = dict(bidir=True, z=not per_dir, per_dir=per_dir, seed=4)
+    args = make_args(*shape, **layout)
     with torch.no_grad():
-        fused = bench(lambda: triton_op.bidirectional_ssd_triton(**args, average=True))
+        fused = bench(lambda: triton_bidirectional_ssd(**args, average=True))
         two = bench(lambda: two_single_calls(args))
-    gargs = make_args(*shape, bidir=True, z=True, seed=4, grad=True)
+    gargs = make_args(*shape, **layout, grad=True)
     dout = torch.randn(shape[:4], device=device(), dtype=torch.bfloat16)
-    fused_bwd = bench(lambda: triton_op.bidirectional_ssd_triton(**gargs, average=True).backward(dout),
+    fused_bwd = bench(lambda: triton_bidirectional_ssd(**gargs, average=True).backward(dout),
                       grad_to_none=leaves(gargs))
     two_bwd = bench(lambda: two_single_calls(gargs).backward(dout), grad_to_none=leaves(gargs))
     return fused, two, fused_bwd, two_bwd
@@ -328,19 +350,21 @@ def phase_time(shapes, configs, log, on_row=lambda rows: None):
                 f"mm {c['fwd_frac_matmul']:.0%})  fwd+bwd {fwdbwd:7.3f} ms ({vs(c['fwdbwd_speedup'])}"
                 f"mem {c['fwdbwd_frac_mem']:.0%}, mm {c['fwdbwd_frac_matmul']:.0%})")
         set_config(None)
-        if name in BIDIR_ROWS:
+        for kind in ("bidir", "bidir_vim2") if name in BIDIR_ROWS else ():
+            per_dir = kind == "bidir_vim2"
             try:
-                fused, two, fused_bwd, two_bwd = time_bidir(shape)
-                (mem_f, mm_f), _ = limits(shape, triton_op.SSDConfig().chunk_for(shape[1], False), ndir=2, z=True)
-                row["bidir"] = {"fused_fwd_ms": fused, "two_calls_fwd_ms": two, "fused_fwdbwd_ms": fused_bwd,
-                                "two_calls_fwdbwd_ms": two_bwd, "fwd_ratio": two / fused,
-                                "fwdbwd_ratio": two_bwd / fused_bwd,
-                                "fused_fwd_frac_mem": mem_f / fused, "fused_fwd_frac_matmul": mm_f / fused}
-                log(f"  {name:13s} bidir fused fwd {fused:.3f} ms vs two calls {two:.3f} ms ({two / fused:.2f}x); "
+                fused, two, fused_bwd, two_bwd = time_bidir(shape, per_dir)
+                (mem_f, mm_f), _ = limits(shape, triton_op.SSDConfig().chunk_for(shape[1], False), ndir=2,
+                                          z=not per_dir, per_dir=per_dir)
+                row[kind] = {"fused_fwd_ms": fused, "two_calls_fwd_ms": two, "fused_fwdbwd_ms": fused_bwd,
+                             "two_calls_fwdbwd_ms": two_bwd, "fwd_ratio": two / fused,
+                             "fwdbwd_ratio": two_bwd / fused_bwd,
+                             "fused_fwd_frac_mem": mem_f / fused, "fused_fwd_frac_matmul": mm_f / fused}
+                log(f"  {name:13s} {kind} fused fwd {fused:.3f} ms vs two calls {two:.3f} ms ({two / fused:.2f}x); "
                     f"fwd+bwd {fused_bwd:.3f} vs {two_bwd:.3f} ms ({two_bwd / fused_bwd:.2f}x)")
             except Exception as exc:
-                log(f"  {name} bidir FAILED: {exc!r}")
-                row["bidir"] = {"error": repr(exc)}
+                log(f"  {name} {kind} FAILED: {exc!r}")
+                row[kind] = {"error": repr(exc)}
         on_row(rows)
         if not DRY:
             torch.cuda.empty_cache()
@@ -354,7 +378,7 @@ def phase_profile(shapes, log, name="lm_8k"):
     set_config(None)
     gargs = make_args(*shape, n_seqs=n_seqs, seed=3, grad=True)
     dout = torch.randn(shape[:4], device=device(), dtype=torch.bfloat16)
-    step = lambda: triton_op.ssd_triton(**gargs).backward(dout)  # noqa: E731
+    step = lambda: triton_ssd(**gargs).backward(dout)  # noqa: E731
     step()
     sync()
     activities = [torch.profiler.ProfilerActivity.CPU] + ([] if DRY else [torch.profiler.ProfilerActivity.CUDA])
@@ -381,7 +405,7 @@ def phase_big(log):
     args = make_args(*shape, seed=5)
     start = time.time()
     with torch.no_grad():
-        out, state = triton_op.ssd_triton(**args, return_final_states=True)
+        out, state = triton_ssd(**args, return_final_states=True)
     sync()
     elapsed = time.time() - start
     last = dict(args, x=args["x"][-1:, :, -1:], dt=args["dt"][-1:, :, -1:], A=args["A"][-1:], B=args["B"][-1:],
@@ -452,9 +476,10 @@ def targets_met(rows):
         met[name] = {"fwd_auto": auto.get("fwd_speedup"), "fwd_best": best_f, "fwd_target": t_f,
                      "fwd_met": best_f >= t_f, "fwdbwd_auto": auto.get("fwdbwd_speedup"), "fwdbwd_best": best_b,
                      "fwdbwd_target": ISSUE_TARGETS["fwdbwd"], "fwdbwd_met": best_b >= ISSUE_TARGETS["fwdbwd"]}
-        if "fwd_ratio" in row.get("bidir", {}):
-            met[name]["bidir_ratio"] = row["bidir"]["fwd_ratio"]
-            met[name]["bidir_met"] = row["bidir"]["fwd_ratio"] >= ISSUE_TARGETS["bidir"]
+        for kind in ("bidir", "bidir_vim2"):
+            if "fwd_ratio" in row.get(kind, {}):
+                met[name][f"{kind}_ratio"] = row[kind]["fwd_ratio"]
+                met[name][f"{kind}_met"] = row[kind]["fwd_ratio"] >= ISSUE_TARGETS["bidir"]
     return met
 
 
@@ -525,8 +550,8 @@ def main():
             log(f"  {name:13s} fwd {t['fwd_best']:.2f}x ({t['fwd_auto'] or 0:.2f}x) target {t['fwd_target']}x "
                 f"{'MET' if t['fwd_met'] else 'missed'} | fwd+bwd {t['fwdbwd_best']:.2f}x "
                 f"({t['fwdbwd_auto'] or 0:.2f}x) target {t['fwdbwd_target']}x {'MET' if t['fwdbwd_met'] else 'missed'}"
-                + (f" | bidir {t['bidir_ratio']:.2f}x {'MET' if t['bidir_met'] else 'missed'}" if "bidir_ratio" in t
-                   else ""))
+                + "".join(f" | {kind} {t[kind + '_ratio']:.2f}x {'MET' if t[kind + '_met'] else 'missed'}"
+                          for kind in ("bidir", "bidir_vim2") if kind + "_ratio" in t))
     report["log"] = log_lines
     save()
 

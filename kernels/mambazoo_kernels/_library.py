@@ -8,6 +8,7 @@ registered as the forward's autograd formula:
     mambazoo::bidirectional_selective_scan   (+ mambazoo::bidirectional_selective_scan_backward)
     mambazoo::causal_conv1d                  (+ mambazoo::causal_conv1d_backward)
     mambazoo::selective_state_update, mambazoo::causal_conv1d_update   (decode; state in place)
+    mambazoo::ssd, mambazoo::bidirectional_ssd   (+ ..._backward; in ``ssd/library_ops``, with these helpers)
 
 The public functions (``selective_scan``, ...) validate their arguments and pick the backend,
 then call these ops with ``use_triton`` set; so the same op runs the Triton kernels on CUDA (or
@@ -328,7 +329,10 @@ def _(x, conv_state, weight, bias, silu, use_triton):
 def reference_decompositions() -> Dict[torch._ops.OpOverload, Callable]:
     """``{forward op: its reference}`` for ``ExportedProgram.run_decompositions``: turns the
     ``mambazoo::`` ops of an inference graph into ATen ops (e.g. for ONNX)."""
+    from .ssd.library_ops import reference_decompositions as ssd_decompositions  # it imports this module
+
     return {
+        **ssd_decompositions(),
         torch.ops.mambazoo.selective_scan.default:
             lambda *args: _scan_forward(False, False, args[:9], args[9], False, False),
         torch.ops.mambazoo.bidirectional_selective_scan.default:

@@ -256,12 +256,10 @@ def test_chunk_size_does_not_change_result():
 def test_backend_choice(monkeypatch):
     args = make_inputs(1, 9, 2, 2, 1, 3, 4)
     assert torch.equal(ssd(**args), ssd(**args, backend="reference"))
-    # float64 is not a Triton dtype: an explicit backend="triton" refuses it (auto falls back).
-    with pytest.raises(NotImplementedError, match="ssd: x has dtype torch.float64"):
-        ssd(**args, backend="triton")
+    # (test_ssd_triton: backend="triton" under the interpreter, and its refusal of float64.)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match=r"backend='triton' needs CUDA tensors \(got cpu\)"):
-        ssd(**{k: v.float() if isinstance(v, torch.Tensor) else v for k, v in args.items()}, backend="triton")
+        ssd(**args, backend="triton")
     with pytest.raises(ValueError, match="backend must be one of"):
         ssd(**args, backend="cuda")
     monkeypatch.setenv("MAMBAZOO_KERNEL_BACKEND", "fast")
@@ -499,10 +497,11 @@ def test_bidirectional_bf16():
         assert rel_err(grads[name], ref_grads[name]) < 1e-2, name
 
 
-def test_bidirectional_backend_choice():
+def test_bidirectional_backend_choice(monkeypatch):
     args = make_bi_inputs(1, 9, 2, 2, 1, 3, 4)
     assert torch.equal(bidirectional_ssd(**args), bidirectional_ssd(**args, backend="reference"))
-    with pytest.raises(NotImplementedError, match="bidirectional_ssd: x has dtype torch.float64"):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match=r"bidirectional_ssd: backend='triton' needs CUDA tensors \(got cpu\)"):
         bidirectional_ssd(**args, backend="triton")
 
 

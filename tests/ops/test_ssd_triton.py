@@ -180,9 +180,16 @@ def test_backward_is_deterministic(small_tiles):
     assert all(torch.equal(first[2][k], second[2][k]) for k in first[2])
 
 
-def test_unsupported_reason():
+def test_unsupported_reason(monkeypatch):
+    """float64 is not a kernel dtype: auto falls back to the reference, backend="triton" refuses."""
     args = make_inputs(1, 4, 2, 3, 1, 4, 4)  # float64
     assert "float64" in triton_op.unsupported_reason(args["x"], args["dt"], args["A"], args["B"], args["C"])
+    with pytest.raises(NotImplementedError, match="ssd: x has dtype torch.float64; the Triton kernels take"):
+        ssd(**args, backend="triton")
+    monkeypatch.setenv("MAMBAZOO_KERNEL_BACKEND", "triton")
+    bi = dict(args, **{k: torch.stack([args[k]] * 2) for k in ("dt", "A")})
+    with pytest.raises(NotImplementedError, match="bidirectional_ssd: x has dtype torch.float64"):
+        bidirectional_ssd(**bi)
     args = inputs(1, 4, 2, 3, 1, 4)
     assert triton_op.unsupported_reason(args["x"], args["dt"], args["A"], args["B"], args["C"]) is None
 

@@ -1,6 +1,8 @@
 """``torch.library`` registration of the SSD: the ``mambazoo::ssd`` and ``mambazoo::bidirectional_ssd``
 custom ops (each with its ``..._backward`` op), as ``mambazoo_kernels._library`` does for the
-selective scan and the conv, with its helpers.
+selective scan and the conv, with its helpers. Registered on ``import mambazoo_kernels`` (the
+public ``ssd`` functions import this module); ``_library.reference_decompositions`` includes
+:func:`reference_decompositions`.
 
 The public functions (``ssd``, ``bidirectional_ssd``) validate their arguments and pick the
 backend, then call these ops with ``use_triton`` set: the Triton kernels on CUDA (or on the CPU
@@ -197,8 +199,8 @@ _register_ssd_autograd(bidirectional_ssd_op, bidirectional_ssd_backward_op)
 
 
 def reference_decompositions() -> Dict[torch._ops.OpOverload, Callable]:
-    """``{SSD forward op: its reference}`` for ``ExportedProgram.run_decompositions`` (merged into
-    ``mambazoo_kernels.reference_decompositions``)."""
+    """``{SSD forward op: its reference}``, part of ``mambazoo_kernels.reference_decompositions()``
+    (for ``ExportedProgram.run_decompositions``, e.g. before ONNX export)."""
     return {
         torch.ops.mambazoo.ssd.default:
             lambda *args: _ssd_forward(False, False, args[:9], *args[9:13], False, False),

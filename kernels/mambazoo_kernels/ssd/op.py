@@ -167,9 +167,8 @@ def bidirectional_ssd(
             heads, headdim)`` one per direction (a mixer whose directions have their own conv).
         dt: ``(2, batch, length, heads)``; ``dt_softplus`` and ``dt_limit`` apply to both.
         A: ``(2, heads)``; D: ``(2, heads)`` or ``(2, heads, headdim)``; dt_bias: ``(2, heads)``.
-        B, C: shared ``(batch, length, groups, d_state)`` (both directions read the same B/C, so
-            the kernels compute each chunk's ``C Bᵀ`` once), or per direction ``(2, batch, length,
-            groups, d_state)``; C has B's layout.
+        B, C: shared ``(batch, length, groups, d_state)`` (both directions read the same B/C),
+            or per direction ``(2, batch, length, groups, d_state)``; C has B's layout.
         z: ``(batch, length, heads, headdim)``, shared: ``out = (y_fwd + y_rev) * silu(z)``.
         initial_states: ``(2, batch, heads, headdim, d_state)``; the reversed direction's state
             enters after the last token.

@@ -14,7 +14,6 @@ what is fast.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 

@@ -155,7 +155,12 @@ default_hooks = dict(
                     save_best="mIoU", rule="greater"),
     sampler_seed=dict(type="DistSamplerSeedHook"),
 )
-custom_hooks = [dict(type="NonFiniteLossHook"), dict(type="TrainingCurvesHook")]
+custom_hooks = [
+    dict(type="NonFiniteLossHook"),
+    dict(type="TrainingCurvesHook"),
+    dict(type="ProgressBarHook"),
+    dict(type="ThroughputHook"),
+]
 log_processor = dict(by_epoch=False, window_size=50)
 visualizer = dict(type="Visualizer", vis_backends=[dict(type="LocalVisBackend")])
 env_cfg = dict(

@@ -133,7 +133,9 @@ def build_composite_scenes(
     if marker.is_file():
         built = json.loads(marker.read_text())
         if built != params:
-            raise ValueError(f"{data_root} holds scenes built with {built}, not {params}: delete it or use another root")
+            raise ValueError(
+                f"{data_root} holds scenes built with {built}, not {params}: delete it or use another root"
+            )
         return data_root
 
     backgrounds = _load_backgrounds()

@@ -16,7 +16,7 @@ import torch
 from mmengine.dist import all_reduce, get_rank, get_world_size
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
-from mmengine.runner import find_latest_checkpoint
+from mmengine.runner import IterBasedTrainLoop, find_latest_checkpoint
 
 __all__ = ["EpochSeedHook", "NonFiniteLossHook", "ProgressBarHook", "ThroughputHook", "TrainingCurvesHook"]
 
@@ -107,13 +107,14 @@ class TrainingCurvesHook(Hook):
         # A resumed run (runner.iter > 0) continues the curves of the file it left in the work
         # dir, cut back to the resumed point; the file, not the checkpoint, carries them because
         # mmengine saves the epoch's checkpoint before validating that epoch.
-        self.history = {"train": [], "val": [], "test": {}}
+        self.history = {"train": [], "val": [], "test": {}, "by_epoch": _by_epoch(runner)}
         saved = osp.join(runner.work_dir, self.filename + ".json")
         if runner.iter > 0 and osp.isfile(saved):
             with open(saved) as f:
                 previous = json.load(f)
             self.history["train"] = [p for p in previous["train"] if p["iter"] <= runner.iter]
-            self.history["val"] = [p for p in previous["val"] if p["epoch"] <= runner.epoch]
+            self.history["val"] = [p for p in previous["val"] if p["iter"] <= runner.iter]
+        self.history["by_epoch"] = _by_epoch(runner)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if not outputs or "loss" not in outputs:
@@ -156,6 +157,8 @@ class TrainingCurvesHook(Hook):
 
         train, val, test = self.history["train"], self.history["val"], self.history["test"]
         metric_names = sorted({k for p in val for k in p if k not in ("epoch", "iter")} | set(test))
+        # epoch-based loops validate per epoch; iteration-based ones (segmentation) every N iterations
+        x_key = "epoch" if self.history.get("by_epoch", True) else "iter"
         fig = Figure(figsize=(12, 3.6), layout="constrained")
         ax_loss, ax_lr, ax_metric = fig.subplots(1, 3)
 
@@ -173,12 +176,12 @@ class TrainingCurvesHook(Hook):
         ax_lr.set(title="learning rate (max over groups)", xlabel="iteration")
 
         for i, name in enumerate(metric_names):
-            points = [(p["epoch"], p[name]) for p in val if name in p]
+            points = [(p[x_key], p[name]) for p in val if name in p]
             if points:
                 ax_metric.plot(*zip(*points), marker="o", color=f"C{i}", label=f"val {name}")
             if name in test:
                 ax_metric.axhline(test[name], color=f"C{i}", linestyle="--", label=f"test {name} {test[name]:.4f}")
-        ax_metric.set(title="evaluation", xlabel="epoch")
+        ax_metric.set(title="evaluation", xlabel="epoch" if x_key == "epoch" else "iteration")
         if metric_names:
             ax_metric.legend()
         fig.savefig(path, dpi=100)
@@ -197,6 +200,7 @@ class ProgressBarHook(Hook):
 
     def __init__(self) -> None:
         self._bar = None
+        self._desc = None
         self._redirect = None
 
     def _open(self, runner, total: int, desc: str) -> None:
@@ -205,6 +209,7 @@ class ProgressBarHook(Hook):
 
         self._close()
         self._bar = tqdm(total=total, desc=desc, disable=None, leave=False, dynamic_ncols=True)
+        self._desc = desc
         if not self._bar.disable:
             self._redirect = contextlib.ExitStack()
             self._redirect.enter_context(logging_redirect_tqdm(loggers=[runner.logger]))
@@ -223,8 +228,15 @@ class ProgressBarHook(Hook):
             self._redirect.close()
             self._redirect = None
 
+    def before_train(self, runner) -> None:
+        if not _by_epoch(runner):  # one bar over all iterations, resumed runs start part-way
+            self._open(runner, runner.max_iters, "train")
+            if self._bar is not None:
+                self._bar.update(runner.iter)
+
     def before_train_epoch(self, runner) -> None:
-        self._open(runner, len(runner.train_dataloader), f"epoch {runner.epoch + 1}/{runner.max_epochs}")
+        if _by_epoch(runner):
+            self._open(runner, len(runner.train_dataloader), f"epoch {runner.epoch + 1}/{runner.max_epochs}")
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         loss = (outputs or {}).get("loss")
@@ -233,14 +245,23 @@ class ProgressBarHook(Hook):
     def after_train_epoch(self, runner) -> None:
         self._close()
 
+    def after_train(self, runner) -> None:
+        self._close()
+
+    def _validating(self) -> bool:
+        return self._bar is not None and self._desc == "val"
+
     def before_val_epoch(self, runner) -> None:
-        self._open(runner, len(runner.val_dataloader), "val")
+        if self._bar is None:  # an iteration-based run keeps its training bar through validation
+            self._open(runner, len(runner.val_dataloader), "val")
 
     def after_val_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        self._step()
+        if self._validating():
+            self._step()
 
     def after_val_epoch(self, runner, metrics: dict | None = None) -> None:
-        self._close()
+        if self._validating():
+            self._close()
 
     def before_test_epoch(self, runner) -> None:
         self._open(runner, len(runner.test_dataloader), "test")
@@ -346,6 +367,11 @@ def _batch_size(data_batch) -> int:
     """Images in a batch: ``(inputs, labels)`` tuples, or mmengine's ``dict(inputs=...)``."""
     inputs = data_batch["inputs"] if isinstance(data_batch, dict) else data_batch[0]
     return inputs.shape[0] if isinstance(inputs, torch.Tensor) else len(inputs)
+
+
+def _by_epoch(runner) -> bool:
+    """Whether the run's training loop counts epochs (False for ``IterBasedTrainLoop``)."""
+    return not isinstance(getattr(runner, "train_loop", None), IterBasedTrainLoop)
 
 
 def _scalar(value) -> float:

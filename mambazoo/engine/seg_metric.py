@@ -23,7 +23,9 @@ def intersect_and_union(pred: torch.Tensor, label: torch.Tensor, num_classes: in
     pred, label = pred[valid].long(), label[valid].long()
     for name, values in (("labels", label), ("predictions", pred)):
         if values.numel() and (values.min() < 0 or values.max() >= num_classes):
-            raise ValueError(f"{name} must be in [0, {num_classes}) (labels: or {ignore_index}), got {values.unique().tolist()}")
+            raise ValueError(
+                f"{name} must be in [0, {num_classes}) (labels: or {ignore_index}), got {values.unique().tolist()}"
+            )
     confusion = torch.bincount(label * num_classes + pred, minlength=num_classes * num_classes)
     confusion = confusion.view(num_classes, num_classes)  # rows: label, columns: prediction
     intersect = confusion.diagonal()
@@ -85,7 +87,8 @@ class IoUMetric(BaseMetric):
         for sample in data_samples:
             pred = sample["pred_sem_seg"]["data"].squeeze(0)
             label = sample["gt_sem_seg"]["data"].squeeze(0).to(pred.device)
-            self.results.append(tuple(a.cpu() for a in intersect_and_union(pred, label, num_classes, self.ignore_index)))
+            areas = intersect_and_union(pred, label, num_classes, self.ignore_index)
+            self.results.append(tuple(area.cpu() for area in areas))
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
         if not results:

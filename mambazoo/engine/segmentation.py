@@ -181,7 +181,9 @@ class UperNetHead(_DecodeHead):
         self.fpn_bottleneck = ConvNormAct(len(in_channels) * channels, channels, 3, norm)
 
     def _psp(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = [_resize(conv(F.adaptive_avg_pool2d(x, scale)), x.shape[-2:]) for scale, conv in zip(self.pool_scales, self.ppm)]
+        pooled = [
+            _resize(conv(F.adaptive_avg_pool2d(x, scale)), x.shape[-2:]) for scale, conv in zip(self.pool_scales, self.ppm)
+        ]
         return self.bottleneck(torch.cat([x] + pooled, dim=1))
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:

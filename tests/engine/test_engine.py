@@ -124,7 +124,7 @@ def test_curves_hook_writes_png_and_survives_resume(tmp_path):
 
     runner.iter = 0  # a fresh run in the same work dir starts empty
     resumed.before_train(runner)
-    assert resumed.history == {"train": [], "val": [], "test": {}}
+    assert resumed.history == {"train": [], "val": [], "test": {}, "by_epoch": True}
 
 
 def test_checkpoint_trust_is_scoped_to_the_work_dir(tmp_path, monkeypatch):

@@ -1,4 +1,6 @@
 """UperNet / FCN heads, the segmentor's whole and slide inference, and its optimizer groups."""
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -132,7 +134,7 @@ def test_layer_decay_reaches_the_backbone(segmentor):
 
 
 def test_official_recipe_config_builds():
-    cfg = Config.fromfile("configs/vim_tiny_upernet_ade20k.py")
+    cfg = Config.fromfile(Path(__file__).resolve().parents[2] / "configs" / "vim_tiny_upernet_ade20k.py")
     assert cfg.train_cfg.max_iters == 60000 and cfg.model.test_cfg.stride == (341, 341)
     cfg.model.backbone.pretrained = False  # the official ImageNet checkpoint is not shipped
     model = MODELS.build(cfg.model)

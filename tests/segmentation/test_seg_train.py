@@ -57,20 +57,21 @@ def test_train_then_test_on_composite_scenes(tmp_path, fashion_mnist_root):
         options += [f"{loader}.dataset.build.{k}={v}" for k, v in build.items()]
     for loader in ("val_dataloader", "test_dataloader"):
         options.append(f"{loader}.dataset.pipeline.1.scale=(256,64)")  # evaluated at 64 px
-    command = [sys.executable, "tools/train.py", CONFIG, "--work-dir", str(tmp_path / "work"), "--cfg-options", *options]
+    work_dir = tmp_path / "work"
+    command = [sys.executable, "tools/train.py", CONFIG, "--work-dir", str(work_dir), "--cfg-options", *options]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     assert json.loads((data_root / "scenes.json").read_text())["num_train"] == SCENES["num_train"]
-    losses = [p["loss"] for p in json.loads((tmp_path / "work" / "curves.json").read_text())["train"]]
+    losses = [p["loss"] for p in json.loads((work_dir / "curves.json").read_text())["train"]]
     assert len(losses) == 40
     # The first-step loss is ~1.4 x ln(13) = 3.6 (decode + 0.4 x aux at uniform logits). This run
     # measured 2.69 over its last 5 steps (seed 0); a model that does not learn stays near 3.6.
     assert np.mean(losses[-5:]) < 0.85 * losses[0]
 
-    metrics = json.loads((tmp_path / "work" / "test_metrics.json").read_text())["metrics"]
+    metrics = json.loads((work_dir / "test_metrics.json").read_text())["metrics"]
     trivial = best_constant_miou(data_root)
     # Measured (seed 0): best constant class 3.0 %, the model 6.4 % after 40 steps (aAcc 40 %).
     assert metrics["mIoU"] > 1.5 * trivial, (metrics, trivial)
-    assert (tmp_path / "work" / "iter_40.pth").is_file()
-    assert (tmp_path / "work" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (work_dir / "iter_40.pth").is_file()
+    assert (work_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -179,6 +179,27 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = time.perf_counter()
     runner = Runner.from_cfg(cfg)
+    try:
+        return _train_and_test(args, cfg, runner, start)
+    finally:
+        release_dataloader_workers(runner)
+
+
+def release_dataloader_workers(runner: Runner) -> None:
+    """Stop the persistent DataLoader workers now, as their loader's ``__del__`` would.
+
+    Left to interpreter shutdown, a dozen persistent workers per loader are joined one by one
+    with a timeout each; on the GPU host that kept a finished run alive for ~90 s.
+    """
+    for loop_name in ("_train_loop", "_val_loop", "_test_loop"):
+        loader = getattr(getattr(runner, loop_name, None), "dataloader", None)
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+            loader._iterator = None
+
+
+def _train_and_test(args: argparse.Namespace, cfg: Config, runner: Runner, start: float) -> dict:
     runner.train()
     train_seconds = time.perf_counter() - start
     throughput = runner.message_hub.get_info("train_throughput")

@@ -1,4 +1,4 @@
-"""tools/export.py: torch.export (.pt2) and ONNX (onnxruntime) parity with eager, for test_vim.
+"""tools/export.py: torch.export (.pt2) and ONNX (onnxruntime) parity with eager, for test_vim (and test_vim2).
 
 Each test runs the tool's ``main`` in process: export, save, reload the file, run it on a fresh
 input (not the traced one) and compare with eager. Tolerances (as in the tool's docstring):
@@ -38,18 +38,19 @@ def _eager_scale(export_tool, argv, features):
         return max(t.abs().max().item() for t in export_tool.as_list(model(images)))
 
 
-def test_classifier_export_and_onnx(export_tool, tmp_path, capsys):
-    argv = ["test_vim", "--out", str(tmp_path), "--batch-size", "2", "--format", "both"]
+@pytest.mark.parametrize("model_name", ["test_vim", "test_vim2"])  # Mamba-1 and Mamba-2 (SSD) mixers
+def test_classifier_export_and_onnx(export_tool, tmp_path, capsys, model_name):
+    argv = [model_name, "--out", str(tmp_path), "--batch-size", "2", "--format", "both"]
     results = export_tool.main(argv)
     printed = capsys.readouterr().out
-    assert (tmp_path / "test_vim.pt2").is_file() and (tmp_path / "test_vim.onnx").is_file()
+    assert (tmp_path / f"{model_name}.pt2").is_file() and (tmp_path / f"{model_name}.onnx").is_file()
     assert "max abs diff vs eager" in printed
     scale = _eager_scale(export_tool, argv, features=False)
     assert results["torch.export"] <= RTOL * scale, results
     assert results["onnx"] <= RTOL * scale, results
 
     # The saved program is the classifier: (2, 3, 32, 32) -> (2, 1000) logits.
-    program = torch.export.load(str(tmp_path / "test_vim.pt2"))
+    program = torch.export.load(str(tmp_path / f"{model_name}.pt2"))
     assert program.module()(torch.zeros(2, 3, 32, 32)).shape == (2, 1000)
 
 

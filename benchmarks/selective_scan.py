@@ -20,7 +20,10 @@ Phases (``--phases``, comma separated, default all):
   reference (64-bit offsets).
 
 ``--forward-only`` skips the backward everywhere; ``--no-bidir`` times single-direction calls
-only; ``--configs`` adds tilings from ``CONFIGS`` (ScanConfig fields) to the automatic one.
+only; ``--configs`` adds tilings from ``CONFIGS`` (ScanConfig fields) to the automatic one;
+``--bwd seq`` makes the automatic tiling use the sequential backward (``triton_bwd_seq``; the
+default ``chunk`` is the time-parallel one), and the ``seq*`` CONFIGS entries always use it, so
+``--configs c16,c64,seq16,seq64`` times both backward kernels in one run.
 Writes ``selective_scan_<date>.json`` and ``selective_scan_<date>.png`` into ``--out``, with the
 registers and spills of every compiled scan kernel.
 ``--dry-run`` runs the same code on the CPU under ``TRITON_INTERPRET=1`` at tiny shapes.
@@ -66,7 +69,8 @@ ISSUE_TARGETS = {"fwd": {"vim_s_224": 4.0, "default": 2.0}, "fwdbwd": {"vim_s_22
                  "bidir": 1.8}
 
 # Tilings tried by the time phase: (chunk, fwd_tile, fwd_warps, bwd_vec, bwd_warps[, segments,
-# fwd_maxnreg]) as in triton_op.ScanConfig; "auto" is triton_op.default_config (per length).
+# fwd_maxnreg, bwd_kind, bwd_tile]) as in triton_op.ScanConfig; "auto" is
+# triton_op.default_config (per length, backward kind from --bwd).
 CONFIGS = {
     "c64": (64, 8, 4, 8, 4),
     "c16": (16, 8, 4, 4, 4),
@@ -76,6 +80,9 @@ CONFIGS = {
     "s4": (64, 8, 4, 8, 4, 4),
     "r168": (64, 8, 4, 8, 4, None, 168),
     "r128": (64, 8, 4, 8, 4, None, 128),
+    "seq16": (16, 8, 4, 4, 4, None, None, "seq", 2),
+    "seq64": (64, 8, 4, 8, 4, None, None, "seq", 2),
+    "seq64t4": (64, 8, 4, 8, 4, None, None, "seq", 4),
 }
 BACKWARD = "--forward-only" not in sys.argv
 
@@ -161,8 +168,7 @@ def _warm(spec, bidir, kind):
 def phase_warmup(configs, log):
     specs = {(name, False): CONFIGS[name] for name in configs}
     for shape, _, _ in SHAPES.values():
-        auto = triton_op.default_config(shape[2])
-        spec = (auto.chunk, auto.fwd_tile, auto.fwd_warps, auto.bwd_vec, auto.bwd_warps)
+        spec = dataclasses.astuple(triton_op.default_config(shape[2]))
         specs[(spec, False)] = spec
         specs[(spec, True)] = spec
     kinds = ("fwd", "fwd_state", "bwd", "bwd_state") if BACKWARD else ("fwd", "fwd_state")
@@ -312,7 +318,7 @@ def phase_time(shapes, configs, log):
             exp_f, mem_f = floors(shape, 1, False)
             exp_b, mem_b = floors(shape, 1, True)
             row["configs"][cname] = {
-                "spec": [auto.chunk, auto.fwd_tile, auto.fwd_warps, auto.bwd_vec, auto.bwd_warps] if spec is None else list(spec),
+                "spec": list(dataclasses.astuple(auto) if spec is None else spec),
                 "fwd_ms": fwd, "fwdbwd_ms": fwdbwd,
                 "fwd_frac_exp": exp_f / fwd, "fwd_frac_mem": mem_f / fwd,
                 "fwdbwd_frac_exp": exp_b / fwdbwd, "fwdbwd_frac_mem": mem_b / fwdbwd,
@@ -457,7 +463,10 @@ def main():
     parser.add_argument("--dry-run", action="store_true", help="CPU, interpreter, tiny shapes")
     parser.add_argument("--forward-only", action="store_true", help="no backward compile, check or timing")
     parser.add_argument("--no-bidir", action="store_true", help="time single-direction calls only")
+    parser.add_argument("--bwd", choices=triton_op.BWD_KINDS, default=triton_op.BWD_KIND,
+                        help="backward kernel of the automatic tiling (sets MAMBAZOO_SCAN_BWD for workers too)")
     opts = parser.parse_args()
+    os.environ["MAMBAZOO_SCAN_BWD"] = triton_op.BWD_KIND = opts.bwd
     os.makedirs(opts.out, exist_ok=True)
     shapes = DRY_SHAPES if DRY else SHAPES
     if opts.shapes:
@@ -479,7 +488,7 @@ def main():
         "torch": torch.__version__, "triton": triton.__version__,
         "cuda": torch.version.cuda, "dtype": "bf16 u/delta/z/B/C, fp32 A/D/delta_bias, softplus, D, z, one group",
         "floors": {"exp_per_s": EXP_PER_S, "bytes_per_s": BYTES_PER_S},
-        "configs": CONFIGS, "phases": {},
+        "configs": CONFIGS, "bwd_auto": opts.bwd, "phases": {},
     }
     path = os.path.join(opts.out, f"selective_scan_{stamp}")
 

@@ -4,7 +4,9 @@ The interpreter executes the real kernel code (the same source the GPU compiles)
 shapes stay tiny. The backward's chunk is 16 steps for these lengths (see
 ``triton_op.default_config``) and the forward's tile 8, so lengths 17, 33 and 50 cross one to
 three chunk boundaries; ``segments`` forces the long-sequence path (state pass + combine + full
-pass) on short sequences.
+pass) on short sequences. Gradient tests run both backward kernels (``bwd_kind``: the
+time-parallel ``chunk`` kernel and the sequential ``seq`` kernel, whose sub-tiles of 2 steps
+split every chunk).
 
 Tolerances: with float32 inputs the kernels differ from float64 only by float32 rounding in
 exp2 / scans / sums over at most a few hundred terms: ~1e-7 relative in practice; we assert 2e-5
@@ -40,6 +42,20 @@ def config(monkeypatch):
         monkeypatch.setattr(triton_op, "CONFIG", triton_op.ScanConfig(**{**base.__dict__, **kwargs}))
 
     return set_config
+
+
+@pytest.fixture(params=triton_op.BWD_KINDS)
+def bwd_kind(request, monkeypatch):
+    """Run the test with each backward kernel (what ``MAMBAZOO_SCAN_BWD`` selects); the other
+    kernel's factory fails if called."""
+    monkeypatch.setattr(triton_op, "BWD_KIND", request.param)
+    other = "chunk_backward_kernel" if request.param == "seq" else "seq_backward_kernel"
+
+    def refuse(*args):
+        raise AssertionError(f"{other} used with bwd_kind {request.param}")
+
+    monkeypatch.setattr(triton_op, other, refuse)
+    return request.param
 
 
 def leaves_of(args):
@@ -79,26 +95,27 @@ CASES = [
 
 
 @pytest.mark.parametrize("batch,dim,length,d_state,bc,groups,variant", CASES)
-def test_forward_and_grads_match_float64_oracle(batch, dim, length, d_state, bc, groups, variant):
+def test_forward_and_grads_match_float64_oracle(batch, dim, length, d_state, bc, groups, variant, bwd_kind):
     args = make_inputs(batch, dim, length, d_state, bc, groups, dtype=torch.float32, with_d=variant != "bare",
                        with_z=variant != "bare", with_bias=variant != "bare", with_state=variant == "state")
     check_against_oracle(args, 2e-5, 1e-4)
 
 
-def test_segmented_long_sequence_path(config):
+def test_segmented_long_sequence_path(config, bwd_kind):
     # Three segments of two chunks: state pass, combine, full pass; and the same in the backward.
-    args = make_inputs(2, 4, 90, 4, "grouped", 2, dtype=torch.float32, with_state=True, seed=3)
+    args = make_inputs(1, 4, 90, 4, "grouped", 2, dtype=torch.float32, with_state=True, seed=3)
     config(length=90, segments=3)
     check_against_oracle(args, 2e-5, 1e-4)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_forward_tiles_smaller_than_backward_chunks(bidirectional, config):
+def test_forward_tiles_smaller_than_backward_chunks(bidirectional, config, bwd_kind):
     # The forward walks tiles of 4 steps and stores checkpoints only on the backward's 32-step
-    # chunk edges (every 8th tile; L = 75 pads the last chunk), with two segments.
-    config(length=75, chunk=32, fwd_tile=4, bwd_vec=4, segments=2)
+    # chunk edges (every 8th tile; L = 75 pads the last chunk), with two segments; the sequential
+    # backward splits each chunk into 4 sub-tiles of 8 steps.
+    config(length=75, chunk=32, fwd_tile=4, bwd_vec=4, bwd_tile=8, segments=2)
     if not bidirectional:
-        args = make_inputs(2, 4, 75, 4, "grouped", 2, dtype=torch.float32, with_state=True, seed=12)
+        args = make_inputs(1, 4, 75, 4, "grouped", 2, dtype=torch.float32, with_state=True, seed=12)
         check_against_oracle(args, 2e-5, 1e-4)
         return
     stacked = stack_directions(make_inputs(1, 4, 75, 4, "token", dtype=torch.float32, with_state=True, seed=13),
@@ -115,13 +132,13 @@ def test_forward_tiles_smaller_than_backward_chunks(bidirectional, config):
         assert rel_err(a, b) < 1e-4, (name, rel_err(a, b))
 
 
-def test_constant_B_with_per_token_C():
+def test_constant_B_with_per_token_C(bwd_kind):
     args = make_inputs(2, 4, 20, 3, "grouped", 2, dtype=torch.float32, with_state=True, seed=4)
     args["B"] = make_inputs(2, 4, 20, 3, "constant", dtype=torch.float32, seed=5)["B"]
     check_against_oracle(args, 2e-5, 1e-4)
 
 
-def test_bf16_inputs_keep_fp32_state():
+def test_bf16_inputs_keep_fp32_state(bwd_kind):
     args = make_inputs(2, 4, 37, 4, "grouped", 2, dtype=torch.bfloat16, with_state=True, seed=6)
     check_against_oracle(args, 1e-2, 1e-2)
 
@@ -133,7 +150,13 @@ def test_fp16_forward():
     assert rel_err(out, oracle_of(args)[0]) < 2e-3  # 2^-11 rounding of the output
 
 
-def test_backward_is_deterministic():
+def test_fp16_gradients(bwd_kind):
+    # fp16 gradients are the fp32 results rounded to fp16 (2^-11 relative per element).
+    args = make_inputs(1, 4, 21, 4, "token", 1, dtype=torch.float16, with_state=True, seed=9)
+    check_against_oracle(args, 2e-3, 2e-3)
+
+
+def test_backward_is_deterministic(bwd_kind):
     args = make_inputs(1, 4, 40, 2, "grouped", 1, dtype=torch.float32, with_state=True, seed=8)
     leaves = leaves_of(args)
 
@@ -151,7 +174,7 @@ def flip(t):
 @pytest.mark.parametrize("bc,groups,average,segments", [
     ("grouped", 2, True, None), ("constant", 1, False, None), ("token", 1, True, 2),
 ])
-def test_bidirectional_matches_two_reversed_scans(bc, groups, average, segments, config):
+def test_bidirectional_matches_two_reversed_scans(bc, groups, average, segments, config, bwd_kind):
     length = 35
     if segments:
         config(length=length, segments=segments)
@@ -227,6 +250,18 @@ def test_transposed_piece_form_used_with_triton_3_6(tmp_path):
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_selective_scan.py")
     done = subprocess.run([sys.executable, str(script), here], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_backward_kind_is_validated(monkeypatch):
+    with pytest.raises(ValueError, match="bwd_kind must be one of"):
+        triton_op.ScanConfig(bwd_kind="fast")
+    monkeypatch.setenv("MAMBAZOO_SCAN_BWD", "fast")
+    with pytest.raises(ValueError, match="MAMBAZOO_SCAN_BWD must be one of"):
+        triton_op._bwd_kind_from_env()
+    monkeypatch.setenv("MAMBAZOO_SCAN_BWD", "seq")
+    assert triton_op._bwd_kind_from_env() == "seq"
+    monkeypatch.delenv("MAMBAZOO_SCAN_BWD")
+    assert triton_op._bwd_kind_from_env() == "chunk"
 
 
 def test_auto_backend_keeps_cpu_tensors_on_the_reference(monkeypatch):

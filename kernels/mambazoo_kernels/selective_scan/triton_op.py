@@ -3,17 +3,21 @@
 The single scan is the bidirectional machinery with one direction: every per-direction tensor
 gets a leading axis of size ``ndir`` (1 or 2) and the same forward kernel (``triton_fwd``,
 sequential, one thread per channel) and backward kernel (``triton_bwd``, time-parallel chunks
-recomputed from the forward's checkpoints) serve both. Launchers make no ``torch.cuda`` call, so
-the same code runs the kernels on CPU tensors under ``TRITON_INTERPRET=1``.
+recomputed from the forward's checkpoints; or, with ``ScanConfig.bwd_kind == "seq"`` /
+``MAMBAZOO_SCAN_BWD=seq``, ``triton_bwd_seq``, sequential like the forward) serve both.
+Launchers make no ``torch.cuda`` call, so the same code runs the kernels on CPU tensors under
+``TRITON_INTERPRET=1``.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from .triton_bwd import chunk_backward_kernel
+from .triton_bwd_seq import seq_backward_kernel
 from .triton_fwd import segment_combine_kernel, seq_forward_kernel, stage_bc_kernel
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -30,7 +34,11 @@ class ScanConfig:
     steps is split over ``chunk // bwd_vec`` threads holding ``bwd_vec`` consecutive steps each;
     the rest of a warp's 32 threads and the ``bwd_warps`` warps take channels. The forward stores
     its states on the backward's chunk boundaries (the checkpoints). Fewer channels per program
-    where B/C groups or ``dim`` are smaller."""
+    where B/C groups or ``dim`` are smaller.
+
+    ``bwd_kind`` picks the backward kernel: ``"chunk"`` (``triton_bwd``, time-parallel chunks) or
+    ``"seq"`` (``triton_bwd_seq``, sequential like the forward: one channel per thread in programs
+    of ``fwd_warps`` warps, chunks walked in sub-tiles of ``bwd_tile`` steps)."""
 
     chunk: int = 64
     fwd_tile: int = 8
@@ -39,6 +47,12 @@ class ScanConfig:
     bwd_warps: int = 4
     segments: Optional[int] = None  # None: chosen from the shape (see _segment_plan)
     fwd_maxnreg: Optional[int] = None  # register cap of the forward kernel (None: the compiler's choice)
+    bwd_kind: str = "chunk"
+    bwd_tile: int = 2
+
+    def __post_init__(self):
+        if self.bwd_kind not in BWD_KINDS:
+            raise ValueError(f"bwd_kind must be one of {BWD_KINDS}, got {self.bwd_kind!r}")
 
     def block_d(self, backward: bool) -> int:
         if backward:
@@ -50,6 +64,19 @@ class ScanConfig:
 # thread with programs spanning >= 16 channels (its dB/dC partials scale with dim / channels per
 # program).
 DEFAULT_TILES = {16: (8, 4, 4, 4), 32: (8, 4, 4, 4), 64: (8, 4, 8, 4)}
+
+BWD_KINDS = ("chunk", "seq")
+
+
+def _bwd_kind_from_env() -> str:
+    """``MAMBAZOO_SCAN_BWD`` (read once, at import): the backward kernel of :func:`default_config`."""
+    kind = os.environ.get("MAMBAZOO_SCAN_BWD", "chunk")
+    if kind not in BWD_KINDS:
+        raise ValueError(f"MAMBAZOO_SCAN_BWD must be one of {BWD_KINDS}, got {kind!r}")
+    return kind
+
+
+BWD_KIND = _bwd_kind_from_env()
 
 # Benchmarks may replace this (tiling only; results do not depend on it beyond rounding).
 CONFIG: Optional[ScanConfig] = None
@@ -90,7 +117,7 @@ def default_config(length: int) -> ScanConfig:
     chunk = 64
     while chunk > 16 and (-length % chunk) * 8 > length:
         chunk //= 2
-    return ScanConfig(chunk, *DEFAULT_TILES[chunk])
+    return ScanConfig(chunk, *DEFAULT_TILES[chunk], bwd_kind=BWD_KIND)
 
 
 def _config(dim: int, length: int, block_limit: int):
@@ -230,7 +257,9 @@ def _backward(u, delta, A, B, C, D, z, bias, saved: _Saved, dout, dh_final, soft
     d_state = A.shape[-1]
     bidir = ndir == 2
     b_const, c_const, cpg_b, cpg_c, b_strides, c_strides, limit = _common(u, B, C)
-    cfg, _, block_d = _config(dim, length, limit)
+    cfg, fwd_block_d, chunk_block_d = _config(dim, length, limit)
+    seq = cfg.bwd_kind == "seq"
+    block_d = fwd_block_d if seq else chunk_block_d
     chunk, n_segs = saved.chunk, saved.n_segs
     n_blocks = triton_cdiv(dim, block_d)
     f32 = dict(dtype=torch.float32, device=u.device)
@@ -242,15 +271,39 @@ def _backward(u, delta, A, B, C, D, z, bias, saved: _Saved, dout, dh_final, soft
     dh0 = torch.empty((ndir, batch, dim, d_state), **f32)
 
     def bc_partial(const):
-        return torch.empty((*per_seg, d_state) if const else (ndir, batch, n_blocks, d_state, length), **f32)
+        if const:
+            return torch.empty((*per_seg, d_state), **f32)
+        if seq:  # stored (.., L, N): one step's N partials contiguous
+            return torch.empty((ndir, batch, n_blocks, length, d_state), **f32).transpose(-1, -2)
+        return torch.empty((ndir, batch, n_blocks, d_state, length), **f32)
 
     dB, dC = bc_partial(b_const), bc_partial(c_const)
     dD = torch.empty(per_seg, **f32) if D is not None else None
     dbias = torch.empty(per_seg, **f32) if bias is not None else None
     seg = torch.empty((*per_seg, d_state), **f32) if n_segs > 1 else dh0
-    kernel = chunk_backward_kernel(d_state, bidir, cfg.bwd_vec)
+    if seq:
+        sub = _pow2_divisor(chunk, cfg.bwd_tile)
+        n_chunks = triton_cdiv(length, chunk)
+        Bk, Ck = _stage_bc(B, b_const, n_chunks * chunk), _stage_bc(C, c_const, n_chunks * chunk)
+        hbuf = torch.empty((ndir, batch, n_blocks, chunk // sub, d_state, block_d), **f32)
+        kernel = seq_backward_kernel(d_state, sub, bidir)
+    else:
+        kernel = chunk_backward_kernel(d_state, bidir, cfg.bwd_vec)
 
     def launch(state_pass, init):
+        if seq:
+            _launcher(kernel, "bwd_state" if state_pass else "bwd", (n_blocks, batch, ndir * n_segs))(
+                u, delta, A, Bk, Ck, u if D is None else D, u if z is None else z, u if bias is None else bias,
+                saved.ckpt, dout, dh0 if init is None else init, dout if saved.ypre is None else saved.ypre, hbuf,
+                du, ddelta, du if dz is None else dz, dA, dB, dC, dA if dD is None else dD,
+                dA if dbias is None else dbias, dh0, seg,
+                batch, dim, length, n_chunks * chunk, dim if b_const else cpg_b, dim if c_const else cpg_c, scale,
+                n_segs, saved.seg_chunks, n_chunks, chunk // sub, int(init is not None),
+                BLOCK_D=block_d, B_CONST=b_const, C_CONST=c_const,
+                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
+                STATE_PASS=state_pass, num_warps=max(1, min(cfg.fwd_warps, block_d // 32)),
+            )
+            return
         _launcher(kernel, "bwd_state" if state_pass else "bwd", (n_blocks, batch, ndir * n_segs))(
             u, delta, A, B, C, u if D is None else D, u if z is None else z, u if bias is None else bias,
             saved.ckpt, dout, dh0 if init is None else init, dout if saved.ypre is None else saved.ypre,

@@ -6,7 +6,7 @@
 # Smaller runs (tests, quick looks) override on the command line, e.g.
 #   --cfg-options train_cfg.max_epochs=1 train_dataloader.dataset.num_samples=2000 \
 #       train_dataloader.batch_size=32 param_scheduler.0.end=10 test_dataloader.dataset.num_samples=1000
-custom_imports = dict(imports=["mambazoo.data", "mambazoo.engine"], allow_failed_imports=False)
+_base_ = ["_base_/default_runtime.py"]
 
 data_root = "data"  # decompressed copy of the Debian files (gitignored)
 max_epochs = 3
@@ -85,38 +85,16 @@ param_scheduler = [
     dict(type="CosineAnnealingLR", eta_min=1e-5, by_epoch=True, begin=0, convert_to_iter_based=True),
 ]
 
-default_scope = "mmengine"
-default_hooks = dict(
-    timer=dict(type="IterTimerHook"),
-    logger=dict(type="LoggerHook", interval=50),  # its lines carry the ETA
-    param_scheduler=dict(type="ParamSchedulerHook"),
-    # writes epoch_N.pth atomically (temp file + rename): a kill mid-save leaves no corrupt file
-    checkpoint=dict(type="AtomicCheckpointHook", interval=1, max_keep_ckpts=2),
-    sampler_seed=dict(type="DistSamplerSeedHook"),
-)
-# NonFiniteLossHook stops on a NaN/inf loss before the poisoned weights are checkpointed;
-# EpochSeedHook seeds each epoch from (seed, epoch) so --resume reproduces the uninterrupted run.
+# _base_/default_runtime.py's hooks without ThroughputHook (the measured CPU runs had none).
 custom_hooks = [
     dict(type="NonFiniteLossHook"),
     dict(type="EpochSeedHook"),
     dict(type="TrainingCurvesHook"),
     dict(type="ProgressBarHook"),
 ]
-log_processor = dict(by_epoch=True, window_size=50)
-# scalars as JSON (<work_dir>/<timestamp>/vis_data/scalars.json) and TensorBoard events (same folder)
-visualizer = dict(type="Visualizer", vis_backends=[dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")])
-env_cfg = dict(
-    cudnn_benchmark=False,
-    mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-    dist_cfg=dict(backend="nccl"),
-)
-launcher = "none"
+env_cfg = dict(cudnn_benchmark=False)
 # One intra-op thread for the model, the other core for the data-loading worker. Measured on the
 # 2-core machine (2026-11-28): 1 thread ~500 img/s; 2 threads ~450 img/s with passive OpenMP
 # waiting but ~100 img/s with the default spin-waiting as soon as another process competes for a
 # core. Read by tools/train.py.
 torch_num_threads = 1
-log_level = "INFO"
-randomness = dict(seed=0)
-load_from = None
-resume = False

@@ -32,8 +32,7 @@
 #   512 with label 255; test: keep-ratio resize to (2048, 512), scored at the original size.
 # - init: the official ImageNet Vim-Ti checkpoint (hustvl/Vim-tiny-midclstok,
 #   vim_t_midclstok_76p1acc.pth), pos_embed resampled to the 32x32 grid on load.
-custom_imports = dict(imports=["mambazoo.data", "mambazoo.engine"], allow_failed_imports=False)
-default_scope = "mmengine"
+_base_ = ["_base_/upernet_vim.py"]
 
 data_root = "data/ade/ADEChallengeData2016"
 vim_checkpoint = "checkpoints/vim_t_midclstok_76p1acc.pth"
@@ -44,47 +43,22 @@ max_iters = 60000
 interval = 1000
 
 model = dict(
-    type="SegEncoderDecoder",
-    data_preprocessor=dict(
-        type="SegDataPreProcessor",
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375],
-        size=crop_size,
-        pad_val=0,
-        seg_pad_val=255,
-    ),
+    data_preprocessor=dict(size=crop_size),
     backbone=dict(
-        type="VimPyramidBackbone",
         model_name="vim_tiny",
         img_size=crop_size[0],
         out_indices=(5, 11, 17, 23),
         out_channels=embed_dim,
-        strides=(4, 8, 16, 32),
-        top_block_pool=False,
         pretrained=vim_checkpoint,
     ),
     decode_head=dict(
-        type="UperNetHead",
         in_channels=[embed_dim] * 4,
         in_index=(0, 1, 2, 3),
         num_classes=num_classes,
         channels=192,
-        pool_scales=(1, 2, 3, 6),
         norm="SyncBN",  # BN when not distributed (mmengine's Runner reverts SyncBN)
-        dropout_ratio=0.1,
-        loss_weight=1.0,
     ),
-    auxiliary_head=dict(
-        type="FCNHead",
-        in_channels=embed_dim,
-        in_index=2,
-        num_classes=num_classes,
-        channels=256,
-        num_convs=1,
-        norm="SyncBN",
-        dropout_ratio=0.1,
-        loss_weight=0.4,
-    ),
+    auxiliary_head=dict(in_channels=embed_dim, num_classes=num_classes, channels=256, norm="SyncBN"),
     test_cfg=dict(mode="slide", crop_size=crop_size, stride=(341, 341)),
 )
 
@@ -106,8 +80,6 @@ test_pipeline = [
 train_dataloader = dict(
     batch_size=8,
     num_workers=8,
-    persistent_workers=True,
-    sampler=dict(type="InfiniteSampler", shuffle=True),
     dataset=dict(
         type="ADE20KSegDataset",
         data_root=data_root,
@@ -118,8 +90,6 @@ train_dataloader = dict(
 val_dataloader = dict(
     batch_size=1,
     num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=False),
     dataset=dict(
         type="ADE20KSegDataset",
         data_root=data_root,
@@ -128,18 +98,12 @@ val_dataloader = dict(
     ),
 )
 test_dataloader = val_dataloader
-val_evaluator = dict(type="IoUMetric")
-test_evaluator = val_evaluator
 
-train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=interval)
-val_cfg = dict(type="ValLoop")
-test_cfg = dict(type="TestLoop")
-
+train_cfg = dict(max_iters=max_iters, val_interval=interval)
 optim_wrapper = dict(
     type="AutocastOptimWrapper",
     dtype="bfloat16",
-    constructor="TimmOptimWrapperConstructor",
-    optimizer=dict(type="adamw", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    optimizer=dict(lr=1e-4),
     paramwise_cfg=dict(layer_decay=0.92),
 )
 param_scheduler = [
@@ -148,29 +112,7 @@ param_scheduler = [
 ]
 
 default_hooks = dict(
-    timer=dict(type="IterTimerHook"),
-    logger=dict(type="LoggerHook", interval=50, log_metric_by_epoch=False),
-    param_scheduler=dict(type="ParamSchedulerHook"),
-    checkpoint=dict(type="AtomicCheckpointHook", by_epoch=False, interval=interval, max_keep_ckpts=4,
-                    save_best="mIoU", rule="greater"),
-    sampler_seed=dict(type="DistSamplerSeedHook"),
+    checkpoint=dict(interval=interval, max_keep_ckpts=4, save_best="mIoU", rule="greater"),
 )
-custom_hooks = [
-    dict(type="NonFiniteLossHook"),
-    dict(type="TrainingCurvesHook"),
-    dict(type="ProgressBarHook"),
-    dict(type="ThroughputHook"),
-]
-log_processor = dict(by_epoch=False, window_size=50)
-visualizer = dict(type="Visualizer", vis_backends=[dict(type="LocalVisBackend")])
-env_cfg = dict(
-    cudnn_benchmark=True,
-    mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-    dist_cfg=dict(backend="nccl"),
-)
+env_cfg = dict(cudnn_benchmark=True)
 find_unused_parameters = False
-launcher = "none"
-log_level = "INFO"
-randomness = dict(seed=0)
-load_from = None
-resume = False

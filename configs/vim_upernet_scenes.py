@@ -3,8 +3,8 @@
 # real textures and photographs from scikit-image; mambazoo/data/scenes.py), built into
 # data/scenes on first use (seconds). 13 classes (brick, grass, gravel, 10 clothing items);
 # label 0 ("other": photo backgrounds) is ignored through reduce_zero_label, as in ADE20k.
-# Same pipeline, segmentor, metric and schedule shape as configs/vim_tiny_upernet_ade20k.py,
-# scaled down (128 px scenes, 96 px crops).
+# Same pipeline, segmentor, metric and schedule shape as configs/vim_tiny_upernet_ade20k.py (what
+# they share: configs/_base_/upernet_vim.py), scaled down (128 px scenes, 96 px crops).
 #
 # CPU (default, 2 cores): a 4-block test_vim (embed 64, patch 8), 400 iterations at batch 8:
 #   python tools/train.py configs/vim_upernet_scenes.py
@@ -37,8 +37,7 @@
 #     train_cfg.max_iters=1500 train_cfg.val_interval=500 default_hooks.checkpoint.interval=500 \
 #     default_hooks.logger.interval=50 param_scheduler.0.end=100 param_scheduler.1.begin=100 \
 #     param_scheduler.1.end=1500 torch_num_threads=0
-custom_imports = dict(imports=["mambazoo.data", "mambazoo.engine"], allow_failed_imports=False)
-default_scope = "mmengine"
+_base_ = ["_base_/upernet_vim.py"]
 
 data_root = "data/scenes"  # gitignored; built on first use
 scene_build = dict(num_train=300, num_val=100, size=128, seed=0, fashion_mnist_root="data")
@@ -48,17 +47,8 @@ max_iters = 400
 val_interval = 200
 
 model = dict(
-    type="SegEncoderDecoder",
-    data_preprocessor=dict(
-        type="SegDataPreProcessor",
-        mean=[123.675, 116.28, 103.53],  # ImageNet, 0-255 scale
-        std=[58.395, 57.12, 57.375],
-        size=crop_size,
-        pad_val=0,
-        seg_pad_val=255,
-    ),
+    data_preprocessor=dict(size=crop_size),
     backbone=dict(
-        type="VimPyramidBackbone",
         model_name="test_vim",
         depth=4,
         patch_size=8,
@@ -67,30 +57,9 @@ model = dict(
         img_size=crop_size[0],  # nominal pos_embed grid; other sizes are resampled on the fly
         out_indices=(0, 1, 2, 3),  # one tap per pyramid level, as the official recipe's 5/11/17/23
         out_channels=64,
-        strides=(4, 8, 16, 32),
-        top_block_pool=False,
     ),
-    decode_head=dict(
-        type="UperNetHead",
-        in_channels=[64, 64, 64, 64],
-        num_classes=num_classes,
-        channels=64,
-        pool_scales=(1, 2, 3, 6),
-        norm="BN",
-        dropout_ratio=0.1,
-        loss_weight=1.0,
-    ),
-    auxiliary_head=dict(
-        type="FCNHead",
-        in_channels=64,
-        in_index=2,  # stride 16
-        num_classes=num_classes,
-        channels=64,
-        num_convs=1,
-        norm="BN",
-        dropout_ratio=0.1,
-        loss_weight=0.4,
-    ),
+    decode_head=dict(in_channels=[64, 64, 64, 64], num_classes=num_classes, channels=64, norm="BN"),
+    auxiliary_head=dict(in_channels=64, num_classes=num_classes, channels=64, norm="BN"),
     test_cfg=dict(mode="whole"),
 )
 
@@ -112,8 +81,6 @@ test_pipeline = [
 train_dataloader = dict(
     batch_size=8,
     num_workers=1,
-    persistent_workers=True,
-    sampler=dict(type="InfiniteSampler", shuffle=True),
     dataset=dict(
         type="CompositeScenesDataset", data_root=data_root, split="training", build=scene_build,
         pipeline=train_pipeline,
@@ -122,57 +89,22 @@ train_dataloader = dict(
 val_dataloader = dict(
     batch_size=8,
     num_workers=1,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=False),
     dataset=dict(
         type="CompositeScenesDataset", data_root=data_root, split="validation", build=scene_build,
         pipeline=test_pipeline,
     ),
 )
 test_dataloader = val_dataloader
-val_evaluator = dict(type="IoUMetric")
-test_evaluator = val_evaluator
 
-train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=val_interval)
-val_cfg = dict(type="ValLoop")
-test_cfg = dict(type="TestLoop")
-
-# The official recipe's optimizer (AdamW, wd 0.05) with a from-scratch lr and no layer decay;
-# timm's factory keeps A_log / D / pos_embed / norms / biases out of weight decay.
-optim_wrapper = dict(
-    type="OptimWrapper",
-    constructor="TimmOptimWrapperConstructor",
-    optimizer=dict(type="adamw", lr=2e-3, betas=(0.9, 0.999), weight_decay=0.05),
-    clip_grad=dict(max_norm=1.0),
-)
+train_cfg = dict(max_iters=max_iters, val_interval=val_interval)
+# From scratch: a larger lr than the official fine-tuning recipe, no layer decay.
+optim_wrapper = dict(type="OptimWrapper", optimizer=dict(lr=2e-3), clip_grad=dict(max_norm=1.0))
 param_scheduler = [
     dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=50),
     dict(type="PolyLR", eta_min=0.0, power=1.0, by_epoch=False, begin=50, end=max_iters),
 ]
 
-default_hooks = dict(
-    timer=dict(type="IterTimerHook"),
-    logger=dict(type="LoggerHook", interval=20, log_metric_by_epoch=False),  # lines carry the ETA
-    param_scheduler=dict(type="ParamSchedulerHook"),
-    checkpoint=dict(type="AtomicCheckpointHook", by_epoch=False, interval=val_interval, max_keep_ckpts=2),
-    sampler_seed=dict(type="DistSamplerSeedHook"),
-)
-custom_hooks = [
-    dict(type="NonFiniteLossHook"),
-    dict(type="TrainingCurvesHook"),
-    dict(type="ProgressBarHook"),
-    dict(type="ThroughputHook"),
-]
-log_processor = dict(by_epoch=False, window_size=20)
-visualizer = dict(type="Visualizer", vis_backends=[dict(type="LocalVisBackend")])
-env_cfg = dict(
-    cudnn_benchmark=False,
-    mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-    dist_cfg=dict(backend="nccl"),
-)
-launcher = "none"
+default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=val_interval, max_keep_ckpts=2))
+log_processor = dict(window_size=20)
+env_cfg = dict(cudnn_benchmark=False)
 torch_num_threads = 1  # one core for the model, one for the data worker (see vim_fashion_mnist.py)
-log_level = "INFO"
-randomness = dict(seed=0)
-load_from = None
-resume = False

@@ -51,3 +51,9 @@ def use_triton(
     if (requested if requested is not None else os.environ.get(BACKEND_ENV, "auto")) == "triton":
         raise NotImplementedError(f"{op}: {reason}; use backend='reference'")
     return False
+
+
+def needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether autograd will ask for gradients of any of ``tensors`` (``None`` allowed), so a Triton
+    forward must store what its backward reads."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

@@ -76,6 +76,38 @@ def _reference_grads(fn: Callable, inputs: Sequence[Optional[Tensor]], grad_outp
     return tuple(result)
 
 
+def _grads_fake(inputs: Sequence[Optional[Tensor]]) -> Tuple[Tensor, ...]:
+    """Fake gradients of a scan's differentiable ``inputs``: one per input, (0,) for ``None``."""
+    like = inputs[0]
+    return tuple(_placeholder(like) if t is None else t.new_empty(t.shape) for t in inputs)
+
+
+def _register_scan_autograd(forward_op, backward_op, n_grad_inputs: int, n_saved_inputs: int = 0) -> None:
+    """Autograd of a scan op (selective scan, SSD): save the inputs and the stored outputs, call the
+    backward op; and the backward op's fake implementation.
+
+    ``forward_op``'s inputs are ``n_grad_inputs`` differentiable tensors (``None`` allowed),
+    ``n_saved_inputs`` tensors without gradient that the backward reads (the SSD's ``seq_idx``),
+    then flags, the last being ``save_for_backward``; it returns ``(out, final_state, *saved)``.
+    ``backward_op`` takes ``(dout, dfinal_state, *tensor inputs, *saved, *flags but the last)``.
+    """
+    n_tensors = n_grad_inputs + n_saved_inputs
+
+    def setup_context(ctx, inputs, output):
+        ctx.flags = inputs[n_tensors:-1]  # save_for_backward dropped
+        ctx.present = [t is not None for t in inputs[:n_grad_inputs]]
+        ctx.save_for_backward(*inputs[:n_tensors], *output[2:])
+        ctx.mark_non_differentiable(*output[2:])
+
+    def backward(ctx, dout, dfinal_state, *_):
+        grads = backward_op(dout, dfinal_state, *ctx.saved_tensors, *ctx.flags)
+        return (*(g if present else None for g, present in zip(grads, ctx.present)),
+                *(None,) * (n_saved_inputs + len(ctx.flags) + 1))
+
+    forward_op.register_autograd(backward, setup_context=setup_context)
+    backward_op.register_fake(lambda dout, dfinal_state, *inputs: _grads_fake(inputs[:n_grad_inputs]))
+
+
 # --- selective scan ------------------------------------------------------------------------------
 
 def _triton_scan():
@@ -125,11 +157,6 @@ def _scan_backward(bidirectional, average, dout, dstate, inputs, saved, softplus
                                              bidirectional)
         return tuple(_placeholder(dout) if g is None else g for g in grads)
     return _reference_grads(_scan_reference(bidirectional, average, softplus), inputs, (dout, dstate))
-
-
-def _scan_backward_fake(inputs):
-    u = inputs[0]
-    return tuple(_placeholder(u) if t is None else t.new_empty(t.shape) for t in inputs)
 
 
 ScanOutputs = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
@@ -196,37 +223,8 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, averag
     return _scan_forward_fake(True, (u, delta, A, B, C, D, z), use_triton, save_for_backward)
 
 
-@selective_scan_backward_op.register_fake
-def _(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, initial_state, *rest):
-    return _scan_backward_fake((u, delta, A, B, C, D, z, delta_bias, initial_state))
-
-
-@bidirectional_selective_scan_backward_op.register_fake
-def _(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, initial_state, *rest):
-    return _scan_backward_fake((u, delta, A, B, C, D, z, delta_bias, initial_state))
-
-
-def _register_scan_autograd(forward_op, backward_op) -> None:
-    """Autograd of a scan op: save the inputs and the stored outputs, call the backward op."""
-
-    def setup_context(ctx, inputs, output):
-        flags = inputs[len(SCAN_INPUTS):]
-        ctx.flags = flags[:-1]  # (delta_softplus, [average,] use_triton); save_for_backward dropped
-        ctx.present = [t is not None for t in inputs[:len(SCAN_INPUTS)]]
-        ctx.save_for_backward(*inputs[:len(SCAN_INPUTS)], *output[2:])
-        ctx.mark_non_differentiable(*output[2:])
-
-    def backward(ctx, dout, dstate, *_):
-        saved = ctx.saved_tensors
-        grads = backward_op(dout, dstate, *saved, *ctx.flags)
-        return (*(g if present else None for g, present in zip(grads, ctx.present)),
-                *(None,) * (len(ctx.flags) + 1))
-
-    forward_op.register_autograd(backward, setup_context=setup_context)
-
-
-_register_scan_autograd(selective_scan_op, selective_scan_backward_op)
-_register_scan_autograd(bidirectional_selective_scan_op, bidirectional_selective_scan_backward_op)
+_register_scan_autograd(selective_scan_op, selective_scan_backward_op, len(SCAN_INPUTS))
+_register_scan_autograd(bidirectional_selective_scan_op, bidirectional_selective_scan_backward_op, len(SCAN_INPUTS))
 
 
 # --- causal conv1d -------------------------------------------------------------------------------

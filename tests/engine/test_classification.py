@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -17,10 +16,9 @@ import torch
 
 from mambazoo.data import DEBIAN_FASHION_MNIST_DIR, export_fashion_mnist_image_folder
 from mambazoo.engine import checkpoint_weights, load_trusted_checkpoint
+from mambazoo.engine.cli import check_cfg_options
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tools"))
-from train import check_cfg_options  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not Path(DEBIAN_FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz").is_file(),
@@ -67,45 +65,8 @@ randomness = dict(seed=0, diff_rank_seed=False)
 torch_num_threads = 1
 """
 
-# Runs a tool in a fresh process: KILL_AFTER_EPOCH=n SIGKILLs it right after epoch n's checkpoint;
-# DUMP_PARAMS=1 saves every rank's final parameters to <work_dir>/rank<r>.pt.
-DRIVER = textwrap.dedent(
-    """
-    import os, runpy, signal, sys
-    import torch
-    from mmengine.hooks import CheckpointHook
-    from mmengine.runner import Runner
-    from mmengine.dist import get_rank
-    from mmengine.model import is_model_wrapper
-
-    kill_after = int(os.environ.get("KILL_AFTER_EPOCH", 0))
-    if kill_after:
-        save = CheckpointHook._save_checkpoint
-
-        def save_then_die(self, runner):
-            save(self, runner)
-            if runner.epoch + 1 == kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-        CheckpointHook._save_checkpoint = save_then_die
-
-    if os.environ.get("DUMP_PARAMS"):
-        train = Runner.train
-
-        def train_and_dump(self):
-            model = train(self)
-            module = self.model.module if is_model_wrapper(self.model) else self.model
-            torch.save({k: v.detach().clone() for k, v in module.state_dict().items()},
-                       os.path.join(self.work_dir, f"rank{get_rank()}.pt"))
-            return model
-
-        Runner.train = train_and_dump
-
-    tool = sys.argv[1]
-    sys.argv = [tool, *sys.argv[2:]]
-    runpy.run_path(tool, run_name="__main__")
-    """
-)
+# Runs a tool in a fresh process with test-only faults and probes (KILL_AFTER_EPOCH, DUMP_PARAMS).
+DRIVER = "tests/engine/_fault_driver.py"
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +84,7 @@ def config(tmp_path_factory):
 
 
 def run(*args, env=None, timeout=240):
-    command = [sys.executable, "-c", DRIVER, *args]
+    command = [sys.executable, DRIVER, *args]
     return subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )
@@ -220,11 +181,9 @@ def test_killed_and_resumed_run_matches_with_ema_mixup_and_accumulation(config, 
 
 
 def test_two_process_ddp_on_cpu(config, tmp_path):
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
-        str(driver), "tools/train.py", str(config), "--work-dir", str(tmp_path), "--launcher", "pytorch", "--no-test",
+        DRIVER, "tools/train.py", str(config), "--work-dir", str(tmp_path), "--launcher", "pytorch", "--no-test",
         "--cfg-options", "train_cfg.max_epochs=1", "train_dataloader.batch_size=8",
     ]
     result = subprocess.run(

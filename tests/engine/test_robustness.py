@@ -3,7 +3,6 @@ to exactly the parameters of an uninterrupted one, and checkpoint files appear a
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -36,49 +35,12 @@ TINY = [
 ]
 ITERS_PER_EPOCH = 16
 
-# Runs tools/train.py in a fresh process (mmengine keeps global state per run) after applying
-# test-only faults: NAN_AT_ITER=k multiplies the training loss of iteration k (1-based) by NaN;
-# KILL_AFTER_EPOCH=n SIGKILLs the process right after epoch n's checkpoint is written.
-DRIVER = textwrap.dedent(
-    """
-    import os, runpy, signal, sys
-    import mambazoo.engine
-    from mmengine.hooks import CheckpointHook
-
-    nan_at = int(os.environ.get("NAN_AT_ITER", 0))
-    if nan_at:
-        forward = mambazoo.engine.TimmClassifier.forward
-        calls = [0]
-
-        def poisoned(self, inputs, data_samples=None, mode="tensor"):
-            out = forward(self, inputs, data_samples, mode)
-            if mode == "loss":
-                calls[0] += 1
-                if calls[0] == nan_at:
-                    out = {"loss": out["loss"] * float("nan")}
-            return out
-
-        mambazoo.engine.TimmClassifier.forward = poisoned
-
-    kill_after = int(os.environ.get("KILL_AFTER_EPOCH", 0))
-    if kill_after:
-        save = CheckpointHook._save_checkpoint
-
-        def save_then_die(self, runner):
-            save(self, runner)
-            if runner.epoch + 1 == kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-        CheckpointHook._save_checkpoint = save_then_die
-
-    sys.argv = ["tools/train.py", *sys.argv[1:]]
-    runpy.run_path("tools/train.py", run_name="__main__")
-    """
-)
+# Runs tools/train.py in a fresh process with test-only faults (NAN_AT_ITER, KILL_AFTER_EPOCH).
+DRIVER = "tests/engine/_fault_driver.py"
 
 
 def train(work_dir, *extra_args, env=None):
-    command = [sys.executable, "-c", DRIVER, CONFIG, "--work-dir", str(work_dir), "--no-test", *extra_args]
+    command = [sys.executable, DRIVER, "tools/train.py", CONFIG, "--work-dir", str(work_dir), "--no-test", *extra_args]
     command += ["--cfg-options", *TINY]
     return subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}

@@ -5,8 +5,9 @@
   the reference kernels and (under Triton's interpreter) the Triton ones.
 - Autograd through the ops (a backward op that recomputes the reference) must equal the
   reference's own autograd in float64 (same arithmetic, different order of a few sums: 1e-10).
-- ``torch.export`` of test_vim keeps the scan and the conv as single ``mambazoo`` nodes and
-  runs; ``reference_decompositions`` turns them back into ATen ops with the same result.
+- ``torch.export`` of test_vim (test_vim2) keeps the scan (the SSD) and the conv as single
+  ``mambazoo`` nodes and runs; ``reference_decompositions`` turns them back into ATen ops with the
+  same result (1e-6); so for the single-direction Mamba / Mamba-2 mixers.
 - ``torch.compile(fullgraph=True)`` (``aot_eager``: dynamo + AOT autograd, no C++ compile, to
   keep CI fast) of test_vim traces without graph breaks; its forward and gradients equal eager's
   (float32, same kernels: 1e-5 relative).
@@ -21,7 +22,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import mambazoo  # noqa: F401  (registers the models)
-from mambazoo.layers import MambaMixer
+from mambazoo.layers import Mamba2Mixer, MambaMixer
 from mambazoo_kernels import (
     bidirectional_selective_scan, causal_conv1d, causal_conv1d_update, reference_decompositions, selective_scan,
     selective_state_update,
@@ -196,16 +197,19 @@ def mambazoo_targets(graph):
     return {str(node.target) for node in graph.nodes if str(node.target).startswith("mambazoo.")}
 
 
-def test_export_keeps_the_ops_and_decomposes_to_reference(monkeypatch):
+@pytest.mark.parametrize("model_name, scan_op", [
+    ("test_vim", "mambazoo.bidirectional_selective_scan.default"),
+    ("test_vim2", "mambazoo.bidirectional_ssd.default"),
+])
+def test_export_keeps_the_ops_and_decomposes_to_reference(model_name, scan_op, monkeypatch):
     monkeypatch.setenv("MAMBAZOO_KERNEL_BACKEND", "reference")
     torch.manual_seed(0)
-    model = timm.create_model("test_vim").eval()
+    model = timm.create_model(model_name).eval()
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         program = torch.export.export(model, (images,))
         expected = model(images)
-        assert mambazoo_targets(program.graph) == {"mambazoo.bidirectional_selective_scan.default",
-                                                   "mambazoo.causal_conv1d.default"}
+        assert mambazoo_targets(program.graph) == {scan_op, "mambazoo.causal_conv1d.default"}
         torch.testing.assert_close(program.module()(images), expected, rtol=0, atol=0)
         table = torch.export.default_decompositions()
         table.update(reference_decompositions())
@@ -214,12 +218,16 @@ def test_export_keeps_the_ops_and_decomposes_to_reference(monkeypatch):
         torch.testing.assert_close(decomposed.module()(images), expected, rtol=1e-6, atol=1e-6)
 
 
-def test_export_single_direction_mixer():
-    mixer = MambaMixer(16, d_state=4).eval()
+@pytest.mark.parametrize("mixer_cls, kwargs, scan_op", [
+    (MambaMixer, dict(d_state=4), "mambazoo.selective_scan.default"),
+    (Mamba2Mixer, dict(d_state=4, headdim=8), "mambazoo.ssd.default"),
+])
+def test_export_single_direction_mixer(mixer_cls, kwargs, scan_op):
+    mixer = mixer_cls(16, **kwargs).eval()
     hidden = torch.randn(1, 7, 16)
     with torch.no_grad():
         program = torch.export.export(mixer, (hidden,))
-        assert "mambazoo.selective_scan.default" in mambazoo_targets(program.graph)
+        assert scan_op in mambazoo_targets(program.graph)
         torch.testing.assert_close(program.module()(hidden), mixer(hidden), rtol=0, atol=0)
 
 

@@ -98,11 +98,12 @@ def rel_err(value, ref):
     return ((value.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-300)).item()
 
 
-def run_both(args, seed=1):
-    """Outputs, final states and input gradients of the op and of the oracle, for one random cotangent."""
+def run_both(args, op=ssd, op_oracle=oracle, seed=1):
+    """Outputs, final states and input gradients of ``op`` (``ssd`` or ``bidirectional_ssd``) and of
+    its oracle, for one random cotangent."""
     oracle_args = {k: v for k, v in args.items() if k != "chunk_size"}
     results = []
-    for fn, kwargs in ((ssd, dict(args, return_final_states=True)), (oracle, oracle_args)):
+    for fn, kwargs in ((op, dict(args, return_final_states=True)), (op_oracle, oracle_args)):
         leaves = {k: kwargs[k].detach().clone().requires_grad_() for k in GRAD_NAMES if kwargs.get(k) is not None}
         out, final = fn(**{**kwargs, **leaves})
         g = torch.Generator().manual_seed(seed)
@@ -111,6 +112,16 @@ def run_both(args, seed=1):
         loss.backward()
         results.append((out.detach(), final.detach(), {k: v.grad for k, v in leaves.items()}))
     return results
+
+
+def assert_close_to_oracle(results, out_tol, final_tol, grad_tol):
+    """``run_both``'s two results agree (relative RMSE): output, final states, every input gradient."""
+    (out, final, grads), (ref_out, ref_final, ref_grads) = results
+    assert rel_err(out, ref_out) < out_tol
+    assert rel_err(final, ref_final) < final_tol
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        assert rel_err(grads[name], ref_grads[name]) < grad_tol, name
 
 
 CASES = [
@@ -134,15 +145,12 @@ VARIANTS = {
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_matches_recurrence_float64(batch, length, heads, headdim, groups, d_state, chunk_size, variant):
     args = make_inputs(batch, length, heads, headdim, groups, d_state, chunk_size, **VARIANTS[variant])
-    (out, final, grads), (ref_out, ref_final, ref_grads) = run_both(args)
+    results = run_both(args)
+    out, final, _ = results[0]
     assert out.dtype == final.dtype == torch.float64
     # Both sides are float64 and sum the same terms in another order: only rounding separates them
     # (~1e-16 per operation); the gradients go through a few more exp/log-sum steps, hence 1e-9.
-    assert rel_err(out, ref_out) < 1e-12
-    assert rel_err(final, ref_final) < 1e-12
-    assert grads.keys() == ref_grads.keys()
-    for name in grads:
-        assert rel_err(grads[name], ref_grads[name]) < 1e-9, name
+    assert_close_to_oracle(results, 1e-12, 1e-12, 1e-9)
 
 
 def test_dt_limit_is_active():
@@ -197,7 +205,8 @@ def test_low_precision_inputs(dtype):
     args = make_inputs(2, 70, 4, 8, 2, 16, 16, D="head", z=True, bias=True, state=True, seq=True, dtype=dtype)
     args["A"], args["D"], args["dt_bias"], args["initial_states"] = (
         args[k].float() for k in ("A", "D", "dt_bias", "initial_states"))
-    (out, final, grads), (ref_out, ref_final, ref_grads) = run_both(args)
+    results = run_both(args)
+    out, final, grads = results[0]
     assert out.dtype == dtype and final.dtype == torch.float32
     assert all(grads[k].dtype == args[k].dtype for k in grads)
     # The oracle sees the same rounded inputs, so what is measured is the op's own error: fp32
@@ -205,12 +214,9 @@ def test_low_precision_inputs(dtype):
     # (unit roundoff 2^-9 = 2.0e-3 for bf16, 2^-11 for fp16) of the output, of the output gradient
     # (autograd hands it over in the output's dtype) and of the input gradients: a relative RMS error
     # of a few 1e-3 at most (measured: bf16 1.8e-3 output, <= 3.6e-3 gradients). 1e-2 is that bound
-    # with a ~3x margin.
-    assert rel_err(out, ref_out) < 1e-2
-    # The states stay fp32 and see no rounded cotangent: only fp32 accumulation (unit roundoff 6e-8).
-    assert rel_err(final, ref_final) < 1e-5
-    for name in grads:
-        assert rel_err(grads[name], ref_grads[name]) < 1e-2, name
+    # with a ~3x margin. The states stay fp32 and see no rounded cotangent: only fp32 accumulation
+    # (unit roundoff 6e-8), 1e-5.
+    assert_close_to_oracle(results, 1e-2, 1e-5, 1e-2)
 
 
 def test_long_sequence_strong_decay_float32():
@@ -220,15 +226,13 @@ def test_long_sequence_strong_decay_float32():
     args["A"] = -torch.linspace(0.5, 20.0, 4, dtype=torch.float32)
     args["D"], args["dt_bias"], args["initial_states"] = (
         args[k].float() for k in ("D", "dt_bias", "initial_states"))
-    (out, final, grads), (ref_out, ref_final, ref_grads) = run_both(args)
+    results = run_both(args)
+    out, final, grads = results[0]
     assert all(torch.isfinite(t).all() for t in (out, final, *grads.values()))
     # fp32 throughout (unit roundoff 6e-8) and sums of at most a chunk's 64 products plus 5 carried
     # states: the error is a few 1e-7 (measured <= 4e-7); 1e-5 is a loose bound that nan, a lost
     # decay or a cancelled prefix sum would all break.
-    assert rel_err(out, ref_out) < 1e-5
-    assert rel_err(final, ref_final) < 1e-5
-    for name in grads:
-        assert rel_err(grads[name], ref_grads[name]) < 1e-5, name
+    assert_close_to_oracle(results, 1e-5, 1e-5, 1e-5)
 
 
 def test_segment_sum_is_direct_and_masked():
@@ -334,9 +338,6 @@ def test_bad_input_raises_before_running(override, error, match):
 
 # --- bidirectional_ssd ------------------------------------------------------------------------
 
-BI_GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
-
-
 def bidirectional_oracle(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
                          dt_limit=(0.0, math.inf), initial_states=None, seq_idx=None, average=False):
     """Two step recurrences, left to right and right to left, each with its own parameters;
@@ -373,21 +374,6 @@ def make_bi_inputs(batch, length, heads, headdim, groups, d_state, chunk_size, *
     return args
 
 
-def run_bi_both(args, seed=1):
-    """Outputs, final states and input gradients of bidirectional_ssd and of the oracle."""
-    oracle_args = {k: v for k, v in args.items() if k != "chunk_size"}
-    results = []
-    for fn, kwargs in ((bidirectional_ssd, dict(args, return_final_states=True)), (bidirectional_oracle, oracle_args)):
-        leaves = {k: kwargs[k].detach().clone().requires_grad_() for k in BI_GRAD_NAMES if kwargs.get(k) is not None}
-        out, final = fn(**{**kwargs, **leaves})
-        g = torch.Generator().manual_seed(seed)
-        loss = (out.double() * torch.randn(out.shape, generator=g, dtype=torch.float64)).sum()
-        loss = loss + (final.double() * torch.randn(final.shape, generator=g, dtype=torch.float64)).sum()
-        loss.backward()
-        results.append((out.detach(), final.detach(), {k: v.grad for k, v in leaves.items()}))
-    return results
-
-
 BI_CASES = [
     # batch, length, heads, headdim, groups, d_state, chunk_size
     (1, 1, 2, 3, 1, 4, 4),     # L = 1, batch 1
@@ -410,15 +396,12 @@ def test_bidirectional_matches_recurrence_float64(batch, length, heads, headdim,
                                                   variant, layout):
     args = make_bi_inputs(batch, length, heads, headdim, groups, d_state, chunk_size, average=variant == "full",
                           **BI_LAYOUTS[layout], **VARIANTS[variant])
-    (out, final, grads), (ref_out, ref_final, ref_grads) = run_bi_both(args)
+    results = run_both(args, bidirectional_ssd, bidirectional_oracle)
+    out, final, _ = results[0]
     assert out.shape == (batch, length, heads, headdim) and final.shape == (2, batch, heads, headdim, d_state)
     assert out.dtype == final.dtype == torch.float64
     # Float64 on both sides, the same bounds as the single-direction test.
-    assert rel_err(out, ref_out) < 1e-12
-    assert rel_err(final, ref_final) < 1e-12
-    assert grads.keys() == ref_grads.keys()
-    for name in grads:
-        assert rel_err(grads[name], ref_grads[name]) < 1e-9, name
+    assert_close_to_oracle(results, 1e-12, 1e-12, 1e-9)
 
 
 def test_bidirectional_is_two_explicit_scans():
@@ -470,7 +453,7 @@ def test_bidirectional_gradcheck(layout):
     args = make_bi_inputs(1, 5, 2, 2, 2, 2, 2, D="head", z=True, bias=True, state=True, average=True,
                           **BI_LAYOUTS[layout])
     args["seq_idx"] = torch.tensor([[0, 1, 1, 1, 2]])  # starts inside a chunk and on a chunk edge
-    names = [k for k in BI_GRAD_NAMES if args[k] is not None]
+    names = [k for k in GRAD_NAMES if args[k] is not None]
 
     def fn(*tensors):
         return bidirectional_ssd(**{**args, **dict(zip(names, tensors))}, return_final_states=True)
@@ -484,17 +467,15 @@ def test_bidirectional_bf16():
                           seq=True, dtype=torch.bfloat16)
     for name in ("A", "D", "dt_bias", "initial_states"):
         args[name] = args[name].float()
-    (out, final, grads), (ref_out, ref_final, ref_grads) = run_bi_both(args)
+    results = run_both(args, bidirectional_ssd, bidirectional_oracle)
+    out, final, grads = results[0]
     assert out.dtype == torch.bfloat16 and final.dtype == torch.float32
+    assert all(grads[k].dtype == args[k].dtype for k in grads)
     # As test_low_precision_inputs: the oracle sees the same rounded inputs, the op's error is fp32
     # accumulation plus bf16 roundings (unit roundoff 2^-9 = 2.0e-3) of the output, of its cotangent
     # and of the input gradients; the sum of two directions adds one more rounding. 1e-2 bounds that
     # with a margin; the fp32 states see no bf16 rounding of their own (1e-5).
-    assert rel_err(out, ref_out) < 1e-2
-    assert rel_err(final, ref_final) < 1e-5
-    for name in grads:
-        assert grads[name].dtype == args[name].dtype, name
-        assert rel_err(grads[name], ref_grads[name]) < 1e-2, name
+    assert_close_to_oracle(results, 1e-2, 1e-5, 1e-2)
 
 
 def test_bidirectional_backend_choice(monkeypatch):

@@ -5,8 +5,7 @@
   reference (float64) and, under Triton's interpreter, the Triton kernels (float32).
 - Autograd through the ops (a backward op that recomputes the reference) must equal the
   reference's own autograd in float64 (same arithmetic, sums in another order: 1e-10).
-- ``torch.export`` of test_vim2 keeps the bidirectional SSD as one ``mambazoo`` node;
-  ``reference_decompositions`` turns the graph into ATen ops with the same result (1e-6).
+- ``torch.export`` of test_vim2 and of a Mamba-2 mixer: in test_library.py, with test_vim's.
 - ``torch.compile(fullgraph=True)`` (``aot_eager``) of a tiny Mamba-2 mixer traces without graph
   breaks and matches eager (float32, same kernels: 1e-5 relative).
 """
@@ -17,13 +16,12 @@ os.environ["TRITON_INTERPRET"] = "1"  # before triton or the kernel modules are 
 import math
 
 import pytest
-import timm
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import mambazoo  # noqa: F401  (registers the models)
 from mambazoo.layers import BidirectionalMamba2Mixer, Mamba2Mixer
-from mambazoo_kernels import bidirectional_ssd, reference_decompositions, ssd
+from mambazoo_kernels import bidirectional_ssd, ssd
 from mambazoo_kernels.ssd import triton_op
 from mambazoo_kernels.ssd.reference import bidirectional_ssd_reference, ssd_reference
 
@@ -151,38 +149,7 @@ def test_op_autograd_matches_reference_autograd(full, bidirectional, x_per_dir, 
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
-# --- torch.export and torch.compile ----------------------------------------------------------
-
-def mambazoo_targets(graph):
-    return {str(node.target) for node in graph.nodes if str(node.target).startswith("mambazoo.")}
-
-
-def test_export_vim2_keeps_the_ssd_op_and_decomposes_to_reference(monkeypatch):
-    monkeypatch.setenv("MAMBAZOO_KERNEL_BACKEND", "reference")
-    torch.manual_seed(0)
-    model = timm.create_model("test_vim2").eval()
-    images = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        program = torch.export.export(model, (images,))
-        expected = model(images)
-        assert mambazoo_targets(program.graph) == {"mambazoo.bidirectional_ssd.default",
-                                                   "mambazoo.causal_conv1d.default"}
-        torch.testing.assert_close(program.module()(images), expected, rtol=0, atol=0)
-        table = torch.export.default_decompositions()
-        table.update(reference_decompositions())
-        decomposed = program.run_decompositions(table)
-        assert not mambazoo_targets(decomposed.graph)
-        torch.testing.assert_close(decomposed.module()(images), expected, rtol=1e-6, atol=1e-6)
-
-
-def test_export_single_direction_mixer():
-    mixer = Mamba2Mixer(16, d_state=4, headdim=8).eval()
-    hidden = torch.randn(1, 7, 16)
-    with torch.no_grad():
-        program = torch.export.export(mixer, (hidden,))
-        assert "mambazoo.ssd.default" in mambazoo_targets(program.graph)
-        torch.testing.assert_close(program.module()(hidden), mixer(hidden), rtol=0, atol=0)
-
+# --- torch.compile (export of test_vim2 and Mamba2Mixer: test_library.py) -------------------
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_compile_fullgraph_mamba2_mixers(backend, monkeypatch):

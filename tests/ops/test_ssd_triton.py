@@ -29,7 +29,7 @@ from mambazoo_kernels import bidirectional_ssd, ssd
 from mambazoo_kernels.ssd import triton_op
 from mambazoo_kernels.ssd.reference import bidirectional_ssd_reference, ssd_reference
 
-from test_ssd import GRAD_NAMES, make_inputs, oracle
+from test_ssd import GRAD_NAMES, VARIANTS, make_inputs, oracle
 
 
 def rel_err(value, ref):
@@ -100,12 +100,6 @@ CASES = [
     (2, 29, 4, 3, 2, 5),    # ragged second chunk, 2 groups
     (1, 50, 3, 20, 3, 3),   # 4 chunks, 3 groups of one head, headdim over two blocks
 ]
-VARIANTS = {
-    "bare": dict(),
-    "full": dict(D="head", z=True, bias=True, state=True),
-    "channel_D_limit": dict(D="channel", bias=True, limit=True),
-    "packed": dict(D="head", z=True, bias=True, state=True, seq=True),
-}
 
 
 @pytest.mark.parametrize("shape", CASES)

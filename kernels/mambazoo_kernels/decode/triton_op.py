@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from ..causal_conv1d.triton_fwd import _sigmoid
+from ..ssd.triton_common import _softplus
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK_D = 32
@@ -30,15 +31,6 @@ def unsupported_reason(*tensors: torch.Tensor, ssm_state: Optional[torch.Tensor]
         if tensor.dtype not in KERNEL_DTYPES:
             return f"dtype {tensor.dtype}; the Triton kernels take float32, bfloat16 or float16"
     return None
-
-
-@triton.jit
-def _softplus(x):
-    # As the selective scan's (its kernels are generated source): log1p(exp(x)) accurate for small exp(x) (Goldberg), identity above 20 like torch.
-    e = tl.exp(tl.minimum(x, 20.0))
-    v = 1.0 + e
-    sp = tl.where(v == 1.0, e, tl.log(v) * (e / (v - 1.0)))
-    return tl.where(x > 20.0, x, sp)
 
 
 @triton.jit

@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .._backend import use_triton
+from .._backend import needs_grad, use_triton
 from .._validation import check_d_state, check_optional, check_tensor
 from .. import _library
 
@@ -59,11 +59,6 @@ def _unsupported(u, delta, A, B, C, z):
     return triton_op.unsupported_reason(u, delta, A, B, C, z)
 
 
-def _needs_grad(*tensors) -> bool:
-    """Whether autograd will ask for gradients (the Triton forward then stores its checkpoints)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -98,7 +93,7 @@ def selective_scan(
     _check_scan_args((), u, delta, A, B, C, D, z, delta_bias, initial_state)
     with_triton = use_triton("selective_scan", backend, u.device, lambda: _unsupported(u, delta, A, B, C, z))
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    out, state, *_ = _library.selective_scan_op(*tensors, delta_softplus, with_triton, _needs_grad(*tensors))
+    out, state, *_ = _library.selective_scan_op(*tensors, delta_softplus, with_triton, needs_grad(*tensors))
     return (out, state) if return_final_state else out
 
 
@@ -140,5 +135,5 @@ def bidirectional_selective_scan(
                              lambda: _unsupported(u, delta, A, B, C, z))
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     out, state, *_ = _library.bidirectional_selective_scan_op(
-        *tensors, delta_softplus, average, with_triton, _needs_grad(*tensors))
+        *tensors, delta_softplus, average, with_triton, needs_grad(*tensors))
     return (out, state) if return_final_state else out

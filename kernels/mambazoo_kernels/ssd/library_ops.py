@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._library import _placeholder, _reference_grads
+from .._library import _placeholder, _reference_grads, _register_scan_autograd
 from .reference import bidirectional_ssd_reference, ssd_reference
 
 SSD_INPUTS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
@@ -86,11 +86,6 @@ def _ssd_backward(bidirectional, average, dout, dfinal, inputs, seq_idx, saved, 
         return tuple(_placeholder(dout) if g is None else g for g in grads)
     reference = _ssd_reference(bidirectional, seq_idx, chunk_size, softplus, dt_limit, average)
     return _reference_grads(reference, inputs, (dout, dfinal))
-
-
-def _ssd_backward_fake(inputs):
-    x = inputs[0]
-    return tuple(_placeholder(x) if t is None else t.new_empty(t.shape) for t in inputs)
 
 
 SSDOutputs = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
@@ -165,37 +160,9 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, chunk_size, dt_sof
     return _ssd_forward_fake(True, (x, dt, A, B, C, D, z), use_triton, save_for_backward)
 
 
-@ssd_backward_op.register_fake
-def _(dout, dfinal_states, x, dt, A, B, C, D, z, dt_bias, initial_states, *rest):
-    return _ssd_backward_fake((x, dt, A, B, C, D, z, dt_bias, initial_states))
-
-
-@bidirectional_ssd_backward_op.register_fake
-def _(dout, dfinal_states, x, dt, A, B, C, D, z, dt_bias, initial_states, *rest):
-    return _ssd_backward_fake((x, dt, A, B, C, D, z, dt_bias, initial_states))
-
-
-def _register_ssd_autograd(forward_op, backward_op) -> None:
-    """Autograd of an SSD op: save the inputs, seq_idx and the stored outputs, call the backward op."""
-    n_inputs = len(SSD_INPUTS)
-
-    def setup_context(ctx, inputs, output):
-        seq_idx, *flags = inputs[n_inputs:]
-        ctx.flags = flags[:-1]  # (chunk_size, dt_softplus, dt_limit, [average,] use_triton); save dropped
-        ctx.present = [t is not None for t in inputs[:n_inputs]]
-        ctx.save_for_backward(*inputs[:n_inputs], seq_idx, *output[2:])
-        ctx.mark_non_differentiable(*output[2:])
-
-    def backward(ctx, dout, dfinal, *_):
-        grads = backward_op(dout, dfinal, *ctx.saved_tensors, *ctx.flags)
-        return (*(g if present else None for g, present in zip(grads, ctx.present)),
-                *(None,) * (len(ctx.flags) + 2))
-
-    forward_op.register_autograd(backward, setup_context=setup_context)
-
-
-_register_ssd_autograd(ssd_op, ssd_backward_op)
-_register_ssd_autograd(bidirectional_ssd_op, bidirectional_ssd_backward_op)
+# seq_idx: saved for the backward, no gradient
+_register_scan_autograd(ssd_op, ssd_backward_op, len(SSD_INPUTS), n_saved_inputs=1)
+_register_scan_autograd(bidirectional_ssd_op, bidirectional_ssd_backward_op, len(SSD_INPUTS), n_saved_inputs=1)
 
 
 def reference_decompositions() -> Dict[torch._ops.OpOverload, Callable]:

@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .._backend import use_triton
+from .._backend import needs_grad, use_triton
 from .._validation import check_d_state, check_optional, check_tensor
 from . import library_ops
 from .reference import DEFAULT_DT_LIMIT
@@ -77,11 +77,6 @@ def _unsupported(x, dt, A, B, C, z):
     return triton_op.unsupported_reason(x, dt, A, B, C, z)
 
 
-def _needs_grad(*tensors) -> bool:
-    """Whether autograd will ask for gradients (the Triton forward then stores its checkpoints)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def ssd(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -133,7 +128,7 @@ def ssd(
     with_triton = use_triton("ssd", backend, x.device, lambda: _unsupported(x, dt, A, B, C, z))
     tensors = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     out, final_states, *_ = library_ops.ssd_op(
-        *tensors, seq_idx, chunk_size, dt_softplus, [float(v) for v in dt_limit], with_triton, _needs_grad(*tensors))
+        *tensors, seq_idx, chunk_size, dt_softplus, [float(v) for v in dt_limit], with_triton, needs_grad(*tensors))
     return (out, final_states) if return_final_states else out
 
 
@@ -187,5 +182,5 @@ def bidirectional_ssd(
     tensors = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     out, final_states, *_ = library_ops.bidirectional_ssd_op(
         *tensors, seq_idx, chunk_size, dt_softplus, [float(v) for v in dt_limit], average, with_triton,
-        _needs_grad(*tensors))
+        needs_grad(*tensors))
     return (out, final_states) if return_final_states else out

@@ -34,7 +34,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import _cumsum, _mm, _sigmoid, _sum, chunk_setup
+from .triton_common import _cumsum, _mm, _sigmoid, _sum, chunk_setup, program_setup
 
 # Sizes and flags that vary per call are plain (unspecialized) arguments, so one compiled kernel
 # serves every batch, length and head count; headdim, d_state and the x/B/C strides stay
@@ -56,30 +56,10 @@ def ssd_bwd_kernel(
     pid_bh = tl.program_id(0).to(tl.int64)
     pid_p = tl.program_id(1)
     n_pb = tl.num_programs(1)
-    direction = tl.program_id(2) // n_segs
-    seg = tl.program_id(2) - direction * n_segs
-    dir64 = direction.to(tl.int64)
-    b = pid_bh // H
-    h = pid_bh - b * H
-    g = h // heads_per_group
-    offs_c = tl.arange(0, Q)
-    offs_p = pid_p * BP + tl.arange(0, BP)
-    offs_n = tl.arange(0, BN)
-    pmask = offs_p < P
-    nmask = offs_n < N
-    pn_mask = pmask[:, None] & nmask[None, :]
-    pn_offs = offs_p[:, None] * N + offs_n[None, :]
-    sgn = 1 - 2 * direction
-    rev0 = direction * (Q - 1)
+    (direction, dir64, seg, b, h, g, row, offs_c, offs_p, offs_n, pmask, nmask, pn_mask, pn_offs, sgn, rev0,
+     A, bias, Dv) = program_setup(A_ptr, bias_ptr, D_ptr, batch, H, P, N, heads_per_group, n_segs,
+                                  Q, BP, BN, HAS_BIAS, HAS_D)
     dtype = x_ptr.dtype.element_ty
-
-    row = (dir64 * batch + b) * H + h
-    A = tl.load(A_ptr + dir64 * H + h)
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + dir64 * H + h)
-    if HAS_D:
-        Dv = tl.load(D_ptr + (dir64 * H + h) * P + offs_p, mask=pmask, other=0.0)
     dt_base = dt_ptr + (dir64 * batch + b) * L * H + h
     seq_base = seq_ptr + b * L
     bh_base = b * L * H * P + h * P  # (batch, token 0, head) of x / z / dout

@@ -68,6 +68,44 @@ def _mm(a, b, LOWP: tl.constexpr, dtype: tl.constexpr):
 
 
 @triton.jit
+def program_setup(A_ptr, bias_ptr, D_ptr, batch, H, P, N, heads_per_group, n_segs,
+                  Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """What a program of either kernel owns and reads once (grid: (batch * heads, headdim blocks,
+    2 directions * n_segs segments)). Returns
+    (direction, dir64, seg, b, h, g, row, offs_c, offs_p, offs_n, pmask, nmask, pn_mask, pn_offs, sgn, rev0,
+    A, bias, Dv): ``row`` indexes (direction, batch, head); ``pn_offs`` / ``pn_mask`` a (BP, BN) state
+    tile; ``sgn`` / ``rev0`` the direction's row order (module docstring); ``A``, ``bias`` (0 without
+    HAS_BIAS) and ``Dv`` (BP values of D, 0 without HAS_D) the head's parameters.
+    """
+    pid_bh = tl.program_id(0).to(tl.int64)
+    direction = tl.program_id(2) // n_segs
+    seg = tl.program_id(2) - direction * n_segs
+    dir64 = direction.to(tl.int64)
+    b = pid_bh // H
+    h = pid_bh - b * H
+    g = h // heads_per_group
+    row = (dir64 * batch + b) * H + h
+    offs_c = tl.arange(0, Q)
+    offs_p = tl.program_id(1) * BP + tl.arange(0, BP)
+    offs_n = tl.arange(0, BN)
+    pmask = offs_p < P
+    nmask = offs_n < N
+    pn_mask = pmask[:, None] & nmask[None, :]
+    pn_offs = offs_p[:, None] * N + offs_n[None, :]
+    sgn = 1 - 2 * direction
+    rev0 = direction * (Q - 1)
+    A = tl.load(A_ptr + dir64 * H + h)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + dir64 * H + h)
+    Dv = 0.0
+    if HAS_D:
+        Dv = tl.load(D_ptr + (dir64 * H + h) * P + offs_p, mask=pmask, other=0.0)
+    return (direction, dir64, seg, b, h, g, row, offs_c, offs_p, offs_n, pmask, nmask, pn_mask, pn_offs, sgn, rev0,
+            A, bias, Dv)
+
+
+@triton.jit
 def chunk_setup(dt_base, seq_base, k, L, H, A, bias, dt_min, dt_max, sgn, rev0, offs_c,
                 Q: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                 HAS_LIMIT: tl.constexpr, HAS_SEQ: tl.constexpr):

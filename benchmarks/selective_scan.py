@@ -30,26 +30,21 @@ registers and spills of every compiled scan kernel.
 """
 from __future__ import annotations
 
-import argparse
-import concurrent.futures as futures
 import dataclasses
-import datetime
-import json
 import math
-import multiprocessing
 import os
 import sys
 import time
 import traceback
 
-DRY = "--dry-run" in sys.argv
-if DRY:
-    os.environ["TRITON_INTERPRET"] = "1"
+# First: with --dry-run it sets TRITON_INTERPRET before Triton is imported.
+from _harness import (DRY, Run, bench, device, empty_cache, fmt_errors, grad_errors, leaves, parser, plot, rel,
+                      run_warmup, selected, sync, targets_met, upcast)
 
-import torch  # noqa: E402
+import torch
 
-from mambazoo_kernels import bidirectional_selective_scan, selective_scan  # noqa: E402
-from mambazoo_kernels.selective_scan import triton_op  # noqa: E402
+from mambazoo_kernels import bidirectional_selective_scan, selective_scan
+from mambazoo_kernels.selective_scan import triton_op
 
 # name, (batch, dim, length, d_state); mamba_ssm 2.3.2 CUDA fwd / fwd+bwd ms, FACTS.md section 1.
 SHAPES = {
@@ -85,15 +80,6 @@ CONFIGS = {
     "seq64t4": (64, 8, 4, 8, 4, None, None, "seq", 4),
 }
 BACKWARD = "--forward-only" not in sys.argv
-
-
-def device():
-    return torch.device("cpu" if DRY else "cuda")
-
-
-def sync():
-    if not DRY:
-        torch.cuda.synchronize()
 
 
 def set_config(spec, segments=None):
@@ -133,20 +119,6 @@ def make_args(batch, dim, length, d_state, ndir=None, seed=0, grad=False, dtype=
     return args
 
 
-def leaves(args):
-    return [v for v in args.values() if isinstance(v, torch.Tensor) and v.requires_grad]
-
-
-def rel(x, ref):
-    x, ref = x.double(), ref.double()
-    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def upcast(args):
-    return {k: (v.detach().float().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v)
-            for k, v in args.items()}
-
-
 # ----------------------------------------------------------------------------------------------
 # warmup
 
@@ -173,17 +145,7 @@ def phase_warmup(configs, log):
         specs[(spec, True)] = spec
     kinds = ("fwd", "fwd_state", "bwd", "bwd_state") if BACKWARD else ("fwd", "fwd_state")
     jobs = sorted({(spec, bidir, kind) for (_, bidir), spec in specs.items() for kind in kinds}, key=repr)
-    start = time.time()
-    if DRY:
-        for job in jobs[:2]:
-            log("  " + _warm(*job))
-        return {"jobs": len(jobs), "seconds": time.time() - start}
-    ctx = multiprocessing.get_context("spawn")
-    workers = min(len(jobs), max(1, (os.cpu_count() or 4) - 1))
-    with futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        for done in futures.as_completed([pool.submit(_warm, *job) for job in jobs]):
-            log(f"  compiled {done.result()}  ({time.time() - start:.0f} s)")
-    return {"jobs": len(jobs), "workers": workers, "seconds": time.time() - start}
+    return run_warmup(_warm, jobs, log)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,11 +164,9 @@ def check_against_reference(shape, bidirectional=False, with_grad=True):
     ref_out, ref_state = op(**ref_args, return_final_state=True, backend="reference", **extra)
     res = {"out": rel(out, ref_out), "final_state": rel(state, ref_state)}
     if with_grad:
+        torch.manual_seed(3)  # the same cotangent on every run, so check errors repeat
         dout = torch.randn_like(out)
-        got = torch.autograd.grad(out, leaves(args), dout)
-        want = torch.autograd.grad(ref_out, leaves(ref_args), dout.float())
-        names = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad]
-        res.update({f"d{n}": rel(a, b) for n, a, b in zip(names, got, want)})
+        res.update(grad_errors(out, ref_out, dout, dout.float(), args, ref_args))
     return res
 
 
@@ -217,7 +177,7 @@ def phase_check(shapes, log):
         start = time.time()
         results[name] = check_against_reference(shape, with_grad=BACKWARD)
         log(f"  {name:11s} single {fmt_errors(results[name])} ({time.time() - start:.1f} s)")
-        torch.cuda.empty_cache() if not DRY else None
+        empty_cache()
     for name in ("vim_s_224", "dna_131k"):
         if name in shapes:
             start = time.time()
@@ -227,23 +187,8 @@ def phase_check(shapes, log):
     return {"errors": results, "worst": worst, "passed": worst < 2e-2}
 
 
-def fmt_errors(res):
-    return " ".join(f"{k}={v:.1e}" for k, v in res.items())
-
-
 # ----------------------------------------------------------------------------------------------
 # time
-
-
-def bench(fn, grad_to_none=None):
-    if DRY:
-        fn()
-        start = time.time()
-        fn()
-        return (time.time() - start) * 1e3
-    from triton.testing import do_bench
-
-    return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
 
 
 def floors(shape, ndir, backward):
@@ -342,8 +287,7 @@ def phase_time(shapes, configs, log):
         except Exception as exc:
             log(f"  {name} bidir FAILED: {exc!r}")
             row["bidir"] = {"error": repr(exc)}
-        if not DRY:
-            torch.cuda.empty_cache()
+        empty_cache()
     return rows
 
 
@@ -380,61 +324,6 @@ def phase_big(log):
 # report
 
 
-def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(rows)
-    best = {n: min((c for c in rows[n]["configs"].values() if "fwd_ms" in c), key=lambda c: c["fwd_ms"], default=None)
-            for n in names}
-    best_b = {n: min((c for c in rows[n]["configs"].values() if "fwdbwd_ms" in c), key=lambda c: c["fwdbwd_ms"],
-                     default=None) for n in names}
-    x = range(len(names))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    ax = axes[0]
-    w = 0.27
-    ax.bar([i - w for i in x], [best[n]["fwd_speedup"] if best[n] else 0 for n in names], w, label="fwd")
-    ax.bar([i for i in x], [best_b[n]["fwdbwd_speedup"] if best_b[n] else 0 for n in names], w, label="fwd+bwd")
-    ax.bar([i + w for i in x], [rows[n].get("bidir", {}).get("fwd_ratio", 0) for n in names], w,
-           label="bidir fused / two calls (fwd)")
-    ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_xticks(list(x), names, rotation=20)
-    ax.set_ylabel("speed-up (x)")
-    ax.set_title("Triton selective scan vs mamba_ssm 2.3.2 CUDA")
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    ax.bar([i - w / 2 for i in x], [best[n]["fwd_frac_exp"] if best[n] else 0 for n in names], w, label="fwd: exp-unit")
-    ax.bar([i + w / 2 for i in x], [best[n]["fwd_frac_mem"] if best[n] else 0 for n in names], w, label="fwd: memory")
-    ax.set_xticks(list(x), names, rotation=20)
-    ax.set_ylabel("fraction of floor")
-    ax.set_title("forward: fraction of the two limits")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def targets_met(rows):
-    met = {}
-    for name, row in rows.items():
-        cfgs = [c for c in row["configs"].values() if "fwd_ms" in c]
-        if not cfgs:
-            continue
-        auto = row["configs"].get("auto", {})
-        best_f = max(c["fwd_speedup"] for c in cfgs)
-        best_b = max(c["fwdbwd_speedup"] for c in cfgs)
-        t_f = ISSUE_TARGETS["fwd"].get(name, ISSUE_TARGETS["fwd"]["default"])
-        t_b = ISSUE_TARGETS["fwdbwd"].get(name, ISSUE_TARGETS["fwdbwd"]["default"])
-        met[name] = {"fwd_auto": auto.get("fwd_speedup"), "fwd_best": best_f, "fwd_target": t_f, "fwd_met": best_f >= t_f,
-                     "fwdbwd_auto": auto.get("fwdbwd_speedup"), "fwdbwd_best": best_b, "fwdbwd_target": t_b,
-                     "fwdbwd_met": best_b >= t_b}
-        if "fwd_ratio" in row.get("bidir", {}):
-            met[name]["bidir_ratio"] = row["bidir"]["fwd_ratio"]
-            met[name]["bidir_met"] = row["bidir"]["fwd_ratio"] >= ISSUE_TARGETS["bidir"]
-    return met
-
-
 def kernel_resources():
     """Registers, spills and shared memory of every compiled scan kernel (Triton's launch caches)."""
     import gc
@@ -455,84 +344,41 @@ def kernel_resources():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
-    parser.add_argument("--phases", default="warmup,check,time,big")
-    parser.add_argument("--configs", default="", help="tilings tried besides auto, e.g. c64,c32,c16")
-    parser.add_argument("--shapes", default=None, help="comma-separated subset of " + ",".join(SHAPES))
-    parser.add_argument("--dry-run", action="store_true", help="CPU, interpreter, tiny shapes")
-    parser.add_argument("--forward-only", action="store_true", help="no backward compile, check or timing")
-    parser.add_argument("--no-bidir", action="store_true", help="time single-direction calls only")
-    parser.add_argument("--bwd", choices=triton_op.BWD_KINDS, default=triton_op.BWD_KIND,
-                        help="backward kernel of the automatic tiling (sets MAMBAZOO_SCAN_BWD for workers too)")
-    opts = parser.parse_args()
+    args = parser(__doc__, "warmup,check,time,big", CONFIGS, SHAPES)
+    args.add_argument("--forward-only", action="store_true", help="no backward compile, check or timing")
+    args.add_argument("--no-bidir", action="store_true", help="time single-direction calls only")
+    args.add_argument("--bwd", choices=triton_op.BWD_KINDS, default=triton_op.BWD_KIND,
+                      help="backward kernel of the automatic tiling (sets MAMBAZOO_SCAN_BWD for workers too)")
+    opts = args.parse_args()
     os.environ["MAMBAZOO_SCAN_BWD"] = triton_op.BWD_KIND = opts.bwd
-    os.makedirs(opts.out, exist_ok=True)
-    shapes = DRY_SHAPES if DRY else SHAPES
-    if opts.shapes:
-        shapes = {k: v for k, v in shapes.items() if k in opts.shapes.split(",")}
-    configs = [c for c in opts.configs.split(",") if c]
-    phases = opts.phases.split(",")
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d")
-    log_lines = []
+    shapes, configs = selected(opts, SHAPES, DRY_SHAPES)
+    run = Run(opts.out, "selective_scan",
+              dtype="bf16 u/delta/z/B/C, fp32 A/D/delta_bias, softplus, D, z, one group",
+              floors={"exp_per_s": EXP_PER_S, "bytes_per_s": BYTES_PER_S}, configs=CONFIGS, bwd_auto=opts.bwd)
 
-    def log(msg):
-        print(msg, flush=True)
-        log_lines.append(msg)
+    def time_phase():
+        rows = run.report["phases"]["time"] = phase_time(shapes, configs, run.log)
+        run.report["targets"] = targets_met(rows, ISSUE_TARGETS, ("bidir",))
+        run.save()
+        plot(rows, run.path + ".png", "Triton selective scan vs mamba_ssm 2.3.2 CUDA",
+             "bidir fused / two calls (fwd)", [("fwd_frac_exp", "fwd: exp-unit"), ("fwd_frac_mem", "fwd: memory")],
+             "fraction of floor")
+        return rows
 
-    import triton
-
-    report = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "gpu": "cpu (interpreter)" if DRY else torch.cuda.get_device_name(),
-        "torch": torch.__version__, "triton": triton.__version__,
-        "cuda": torch.version.cuda, "dtype": "bf16 u/delta/z/B/C, fp32 A/D/delta_bias, softplus, D, z, one group",
-        "floors": {"exp_per_s": EXP_PER_S, "bytes_per_s": BYTES_PER_S},
-        "configs": CONFIGS, "bwd_auto": opts.bwd, "phases": {},
-    }
-    path = os.path.join(opts.out, f"selective_scan_{stamp}")
-
-    def save():
-        with open(path + ".json", "w") as f:
-            json.dump(report, f, indent=1, default=str)
-
-    for phase in phases:
-        log(f"== {phase}")
-        start = time.time()
-        try:
-            if phase == "warmup":
-                report["phases"]["warmup"] = phase_warmup(configs, log)
-            elif phase == "check":
-                report["phases"]["check"] = phase_check(shapes, log)
-            elif phase == "time":
-                rows = phase_time(shapes, configs, log)
-                report["phases"]["time"] = rows
-                report["targets"] = targets_met(rows)
-                save()
-                plot(rows, path + ".png")
-            elif phase == "big":
-                report["phases"]["big"] = phase_big(log)
-        except Exception:
-            log(traceback.format_exc())
-            report["phases"][phase] = {"error": traceback.format_exc()}
-        log(f"   ({time.time() - start:.0f} s)")
-        save()
+    run.phases(opts.phases.split(","), {
+        "warmup": lambda: phase_warmup(configs, run.log),
+        "check": lambda: phase_check(shapes, run.log),
+        "time": time_phase,
+        "big": lambda: phase_big(run.log),
+    })
     if not DRY:
         try:
-            report["kernels"] = kernel_resources()
-            for name, r in report["kernels"].items():
-                log(f"  kernel {name}: {r}")
+            run.report["kernels"] = kernel_resources()
+            for name, r in run.report["kernels"].items():
+                run.log(f"  kernel {name}: {r}")
         except Exception:
-            log(traceback.format_exc())
-    if "targets" in report:
-        log("== targets (best tiling; auto in parentheses)")
-        for name, t in report["targets"].items():
-            log(f"  {name:11s} fwd {t['fwd_best']:.2f}x ({t['fwd_auto'] or 0:.2f}x) target {t['fwd_target']}x "
-                f"{'MET' if t['fwd_met'] else 'missed'} | fwd+bwd {t['fwdbwd_best']:.2f}x ({t['fwdbwd_auto'] or 0:.2f}x) "
-                f"target {t['fwdbwd_target']}x {'MET' if t['fwdbwd_met'] else 'missed'}"
-                + (f" | bidir {t['bidir_ratio']:.2f}x {'MET' if t['bidir_met'] else 'missed'}" if "bidir_ratio" in t else ""))
-    report["log"] = log_lines
-    save()
+            run.log(traceback.format_exc())
+    run.finish(11, ("bidir",))
 
 
 if __name__ == "__main__":

@@ -28,27 +28,19 @@ shapes.
 """
 from __future__ import annotations
 
-import argparse
-import concurrent.futures as futures
-import datetime
-import json
 import math
-import multiprocessing
-import os
-import sys
 import time
-import traceback
 
-DRY = "--dry-run" in sys.argv
-if DRY:
-    os.environ["TRITON_INTERPRET"] = "1"
+# First: with --dry-run it sets TRITON_INTERPRET before Triton is imported.
+from _harness import (DRY, Run, bench, device, empty_cache, fmt_errors, grad_errors, leaves, parser, plot, rel,
+                      run_warmup, selected, sync, targets_met, upcast)
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from mambazoo_kernels import bidirectional_ssd, ssd  # noqa: E402
-from mambazoo_kernels.ssd import triton_op  # noqa: E402
-from mambazoo_kernels.ssd.reference import ssd_reference  # noqa: E402
+from mambazoo_kernels import bidirectional_ssd, ssd
+from mambazoo_kernels.ssd import triton_op
+from mambazoo_kernels.ssd.reference import ssd_reference
 
 # name: (batch, length, heads, headdim, d_state), mamba_ssm 2.3.2 fwd / fwd+bwd ms (FACTS.md
 # section 1; None where FACTS has no anchor), sequences packed per row (seq_idx) or 1.
@@ -74,15 +66,6 @@ ISSUE_TARGETS = {"fwd": {"vim_s_224": 2.0, "default": 1.3}, "fwdbwd": 1.5, "bidi
 # at d_state 128 hit an illegal address on triton 3.6 (H200, 2026-11-28) and is left out.
 CONFIGS = {"c64": (64, 64), "c32": (32, 64), "w4": (64, 64, 4, 4), "w8": (64, 64, 8, 8),
            "t16": (64, 64, None, None, None, 16 * 132)}
-
-
-def device():
-    return torch.device("cpu" if DRY else "cuda")
-
-
-def sync():
-    if not DRY:
-        torch.cuda.synchronize()
 
 
 def set_config(spec, segments=None):
@@ -128,20 +111,6 @@ def make_args(batch, length, heads, headdim, d_state, n_seqs=1, bidir=False, z=F
             if isinstance(v, torch.Tensor) and v.is_floating_point():
                 v.requires_grad_()
     return args
-
-
-def leaves(args):
-    return [v for v in args.values() if isinstance(v, torch.Tensor) and v.requires_grad]
-
-
-def rel(x, ref):
-    x, ref = x.double(), ref.double()
-    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def upcast(args):
-    return {k: (v.detach().float().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor)
-                and v.is_floating_point() else v) for k, v in args.items()}
 
 
 def triton_ssd(*args, **kwargs):
@@ -196,24 +165,7 @@ def phase_warmup(shapes, configs, log):
             for spec in [None] + [CONFIGS[c] for c in configs if kind == "single"]:
                 for segments in (1, 2):
                     jobs.add((shape[4], kind, segments, spec))
-    jobs = sorted(jobs, key=str)
-    start = time.time()
-    if DRY:
-        for job in jobs[:2]:
-            log("  " + _warm(*job))
-        return {"jobs": len(jobs), "seconds": time.time() - start}
-    ctx = multiprocessing.get_context("spawn")
-    workers = min(len(jobs), max(1, (os.cpu_count() or 4) - 1))
-    failed = []
-    with futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        submitted = {pool.submit(_warm, *job): job for job in jobs}
-        for done in futures.as_completed(submitted):
-            try:
-                log(f"  compiled {done.result()}  ({time.time() - start:.0f} s)")
-            except Exception as exc:  # the time phase reports the tiling as failed
-                failed.append(str(submitted[done]))
-                log(f"  FAILED {submitted[done]}: {str(exc).splitlines()[0]}")
-    return {"jobs": len(jobs), "workers": workers, "seconds": time.time() - start, "failed": failed}
+    return run_warmup(_warm, sorted(jobs, key=str), log)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,11 +188,9 @@ def check_row(shape, n_seqs=1, bidirectional=False, per_dir=False):
         ref, ref_state = ssd_reference(**ref_args, return_final_states=True)
         res = {"out": rel(out, ref), "final_states": rel(state, ref_state)}
         outputs, ref_outputs = (out, state), (ref, ref_state)
+    torch.manual_seed(3)  # the same cotangents on every run, so check errors repeat
     cot = [torch.randn_like(o, dtype=torch.float32) for o in outputs]
-    got = torch.autograd.grad(outputs, leaves(args), [c.to(o.dtype) for c, o in zip(cot, outputs)])
-    want = torch.autograd.grad(ref_outputs, leaves(ref_args), cot)
-    names = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad]
-    res.update({f"d{n}": rel(a, b) for n, a, b in zip(names, got, want)})
+    res.update(grad_errors(outputs, ref_outputs, [c.to(o.dtype) for c, o in zip(cot, outputs)], cot, args, ref_args))
     return res
 
 
@@ -256,29 +206,13 @@ def phase_check(shapes, log):
                 start = time.time()
                 results[f"{name}_{kind}"] = check_row(shape, bidirectional=True, per_dir=kind == "bidir_vim2")
                 log(f"  {name:13s} {kind} {fmt_errors(results[f'{name}_{kind}'])} ({time.time() - start:.1f} s)")
-        if not DRY:
-            torch.cuda.empty_cache()
+        empty_cache()
     worst = max(v for r in results.values() for v in r.values())
     return {"errors": results, "worst": worst, "passed": worst < 2e-2}
 
 
-def fmt_errors(res):
-    return " ".join(f"{k}={v:.1e}" for k, v in res.items())
-
-
 # ----------------------------------------------------------------------------------------------
 # time
-
-
-def bench(fn, grad_to_none=None):
-    if DRY:
-        fn()
-        start = time.time()
-        fn()
-        return (time.time() - start) * 1e3
-    from triton.testing import do_bench
-
-    return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
 
 
 def limits(shape, chunk, ndir=1, z=False, per_dir=False):
@@ -366,8 +300,7 @@ def phase_time(shapes, configs, log, on_row=lambda rows: None):
                 log(f"  {name} {kind} FAILED: {exc!r}")
                 row[kind] = {"error": repr(exc)}
         on_row(rows)
-        if not DRY:
-            torch.cuda.empty_cache()
+        empty_cache()
     return rows
 
 
@@ -423,137 +356,36 @@ def phase_big(log):
     return res
 
 
-# ----------------------------------------------------------------------------------------------
-# report
-
-
-def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(rows)
-    best = {n: min((c for c in rows[n]["configs"].values() if "fwd_ms" in c), key=lambda c: c["fwd_ms"], default=None)
-            for n in names}
-    best_b = {n: min((c for c in rows[n]["configs"].values() if "fwdbwd_ms" in c), key=lambda c: c["fwdbwd_ms"],
-                     default=None) for n in names}
-    x = range(len(names))
-    w = 0.27
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    ax = axes[0]
-    ax.bar([i - w for i in x], [(best[n] or {}).get("fwd_speedup") or 0 for n in names], w, label="fwd")
-    ax.bar(list(x), [(best_b[n] or {}).get("fwdbwd_speedup") or 0 for n in names], w, label="fwd+bwd")
-    ax.bar([i + w for i in x], [rows[n].get("bidir", {}).get("fwd_ratio", 0) for n in names], w,
-           label="bidir one launch / two calls (fwd)")
-    ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_xticks(list(x), names, rotation=20)
-    ax.set_ylabel("speed-up (x)")
-    ax.set_title("Triton SSD vs mamba_ssm 2.3.2 mamba_chunk_scan_combined")
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    ax.bar([i - w / 2 for i in x], [(best[n] or {}).get("fwd_frac_mem", 0) for n in names], w, label="fwd: memory")
-    ax.bar([i + w / 2 for i in x], [(best[n] or {}).get("fwd_frac_matmul", 0) for n in names], w,
-           label="fwd: bf16 matmul")
-    ax.set_xticks(list(x), names, rotation=20)
-    ax.set_ylabel("fraction of limit")
-    ax.set_title("forward: fraction of the two limits")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def targets_met(rows):
-    met = {}
-    for name, row in rows.items():
-        cfgs = [c for c in row["configs"].values() if c.get("fwd_speedup")]
-        if not cfgs:
-            continue
-        best_f = max(c["fwd_speedup"] for c in cfgs)
-        best_b = max(c["fwdbwd_speedup"] for c in cfgs)
-        t_f = ISSUE_TARGETS["fwd"].get(name, ISSUE_TARGETS["fwd"]["default"])
-        auto = row["configs"].get("auto", {})
-        met[name] = {"fwd_auto": auto.get("fwd_speedup"), "fwd_best": best_f, "fwd_target": t_f,
-                     "fwd_met": best_f >= t_f, "fwdbwd_auto": auto.get("fwdbwd_speedup"), "fwdbwd_best": best_b,
-                     "fwdbwd_target": ISSUE_TARGETS["fwdbwd"], "fwdbwd_met": best_b >= ISSUE_TARGETS["fwdbwd"]}
-        for kind in ("bidir", "bidir_vim2"):
-            if "fwd_ratio" in row.get(kind, {}):
-                met[name][f"{kind}_ratio"] = row[kind]["fwd_ratio"]
-                met[name][f"{kind}_met"] = row[kind]["fwd_ratio"] >= ISSUE_TARGETS["bidir"]
-    return met
-
-
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
-    parser.add_argument("--phases", default="warmup,check,time,big,profile")
-    parser.add_argument("--configs", default="", help="tilings tried besides auto, from " + ",".join(CONFIGS))
-    parser.add_argument("--shapes", default=None, help="comma-separated subset of " + ",".join(SHAPES))
-    parser.add_argument("--tag", default="", help="appended to the result file names")
-    parser.add_argument("--dry-run", action="store_true", help="CPU, interpreter, tiny shapes")
-    opts = parser.parse_args()
-    os.makedirs(opts.out, exist_ok=True)
-    shapes = DRY_SHAPES if DRY else SHAPES
-    if opts.shapes:
-        shapes = {k: v for k, v in shapes.items() if k in opts.shapes.split(",")}
-    configs = [c for c in opts.configs.split(",") if c]
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d")
-    log_lines = []
+    args = parser(__doc__, "warmup,check,time,big,profile", CONFIGS, SHAPES)
+    args.add_argument("--tag", default="", help="appended to the result file names")
+    opts = args.parse_args()
+    shapes, configs = selected(opts, SHAPES, DRY_SHAPES)
+    run = Run(opts.out, "ssd", opts.tag,
+              dtype="bf16 x/B/C/z, fp32 dt/A/D/dt_bias, softplus, D per head, one group; z only in the "
+                    "bidirectional rows",
+              limits={"bytes_per_s": BYTES_PER_S, "matmul_flops": MATMUL_FLOPS},
+              default_config="chunk 32 (64 for inference up to 256 tokens), block_p 64, warps fwd 4 (d_state <= 64) "
+                             "or 8, bwd 8, segments up to 4 x 132 programs",
+              configs=CONFIGS)
 
-    def log(msg):
-        print(msg, flush=True)
-        log_lines.append(msg)
+    def time_phase():
+        rows = phase_time(shapes, configs, run.log, lambda rows: (run.report["phases"].update(time=rows), run.save()))
+        run.report["phases"]["time"] = rows
+        run.report["targets"] = targets_met(rows, ISSUE_TARGETS, ("bidir", "bidir_vim2"))
+        plot(rows, run.path + ".png", "Triton SSD vs mamba_ssm 2.3.2 mamba_chunk_scan_combined",
+             "bidir one launch / two calls (fwd)",
+             [("fwd_frac_mem", "fwd: memory"), ("fwd_frac_matmul", "fwd: bf16 matmul")], "fraction of limit")
+        return rows
 
-    import triton
-
-    report = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "gpu": "cpu (interpreter)" if DRY else torch.cuda.get_device_name(),
-        "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
-        "dtype": "bf16 x/B/C/z, fp32 dt/A/D/dt_bias, softplus, D per head, one group; z only in the bidirectional rows",
-        "limits": {"bytes_per_s": BYTES_PER_S, "matmul_flops": MATMUL_FLOPS},
-        "default_config": "chunk 32 (64 for inference up to 256 tokens), block_p 64, warps fwd 4 (d_state <= 64) "
-                          "or 8, bwd 8, segments up to 4 x 132 programs",
-        "configs": CONFIGS, "phases": {},
-    }
-    path = os.path.join(opts.out, f"ssd_{stamp}{'_' + opts.tag if opts.tag else ''}")
-
-    def save():
-        with open(path + ".json", "w") as f:
-            json.dump(report, f, indent=1, default=str)
-
-    for phase in opts.phases.split(","):
-        log(f"== {phase}")
-        start = time.time()
-        try:
-            if phase == "warmup":
-                report["phases"]["warmup"] = phase_warmup(shapes, configs, log)
-            elif phase == "check":
-                report["phases"]["check"] = phase_check(shapes, log)
-            elif phase == "time":
-                rows = phase_time(shapes, configs, log, lambda rows: (report["phases"].update(time=rows), save()))
-                report["phases"]["time"] = rows
-                report["targets"] = targets_met(rows)
-                plot(rows, path + ".png")
-            elif phase == "profile":
-                report["phases"]["profile"] = phase_profile(shapes, log)
-            elif phase == "big":
-                report["phases"]["big"] = phase_big(log)
-        except Exception:
-            log(traceback.format_exc())
-            report["phases"][phase] = {"error": traceback.format_exc()}
-        log(f"   ({time.time() - start:.0f} s)")
-        save()
-    if "targets" in report:
-        log("== targets (best tiling; auto in parentheses)")
-        for name, t in report["targets"].items():
-            log(f"  {name:13s} fwd {t['fwd_best']:.2f}x ({t['fwd_auto'] or 0:.2f}x) target {t['fwd_target']}x "
-                f"{'MET' if t['fwd_met'] else 'missed'} | fwd+bwd {t['fwdbwd_best']:.2f}x "
-                f"({t['fwdbwd_auto'] or 0:.2f}x) target {t['fwdbwd_target']}x {'MET' if t['fwdbwd_met'] else 'missed'}"
-                + "".join(f" | {kind} {t[kind + '_ratio']:.2f}x {'MET' if t[kind + '_met'] else 'missed'}"
-                          for kind in ("bidir", "bidir_vim2") if kind + "_ratio" in t))
-    report["log"] = log_lines
-    save()
+    run.phases(opts.phases.split(","), {
+        "warmup": lambda: phase_warmup(shapes, configs, run.log),
+        "check": lambda: phase_check(shapes, run.log),
+        "time": time_phase,
+        "profile": lambda: phase_profile(shapes, run.log),
+        "big": lambda: phase_big(run.log),
+    })
+    run.finish(13, ("bidir", "bidir_vim2"))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ and constant dB/dC as per-(batch, segment) partials; the launcher sums partials 
 from __future__ import annotations
 
 import functools
+import textwrap
 
 from .triton_fwd import (COMMON_ARGS, HEADER, RUNTIME_ARGS, SETUP, bc_tile, load_generated, load_step_tile,
                          per_state, state_code, store_channels, tile_load, tile_store_rows)
@@ -123,21 +124,31 @@ CHUNK_END = """
             tl.store(ddelta_ptr + offs, ddelta.to(ddelta_ptr.dtype.element_ty), mask=m2)
             if HAS_BIAS:
                 db_acc += _sum(tl.where(m2, ddelta, 0.0), axis=1)
-            if HAS_Z:
-                dsilu = sz * (1.0 + zv * (1.0 - sz))
 """
 
+# dz = dout * y * silu'(z) of a tile (this kernel's and ``triton_bwd_seq``'s): y is the scan
+# output plus D u; the fused bidirectional op's y is the summed output the forward stored
+# (``ypre``), and direction 0 writes dz.
 DZ_SINGLE = """
-                if HAS_D:
-                    y += Dv[:, None] * u
-                tl.store(dz_ptr + zoffs, (go * y * dsilu).to(dz_ptr.dtype.element_ty), mask=m2)
+if HAS_Z:
+    dsilu = sz * (1.0 + zv * (1.0 - sz))
+    if HAS_D:
+        y += Dv[:, None] * u
+    tl.store(dz_ptr + zoffs, (go * y * dsilu).to(dz_ptr.dtype.element_ty), mask=m2)
 """
 
 DZ_BIDIR = """
-                if direction == 0:
-                    yp = tl.load(ypre_ptr + zoffs, mask=m2, other=0.0).to(tl.float32)
-                    tl.store(dz_ptr + zoffs, (go * yp * dsilu).to(dz_ptr.dtype.element_ty), mask=m2)
+if HAS_Z:
+    dsilu = sz * (1.0 + zv * (1.0 - sz))
+    if direction == 0:
+        yp = tl.load(ypre_ptr + zoffs, mask=m2, other=0.0).to(tl.float32)
+        tl.store(dz_ptr + zoffs, (go * yp * dsilu).to(dz_ptr.dtype.element_ty), mask=m2)
 """
+
+
+def dz_code(bidir: bool, indent: int) -> str:
+    """The dz lines of a tile (``DZ_BIDIR`` or ``DZ_SINGLE``) indented by ``indent`` spaces."""
+    return textwrap.indent((DZ_BIDIR if bidir else DZ_SINGLE).strip("\n") + "\n", " " * indent)
 
 
 def _chunk_bwd_source(name: str, d_state: int, bidir: bool, vec: int) -> str:
@@ -160,7 +171,7 @@ def _chunk_bwd_source(name: str, d_state: int, bidir: bool, vec: int) -> str:
         k = i + direction * (n_tiles - 1 - 2 * i)
 """ + load_step_tile(vec) + _chunk_start(vec)
     src += state_code("is_first = (cols == 0)[None, :]\n" + state, d_state, {"FWD_REV": False, "ADJ_REV": True}, 8)
-    src += CHUNK_END + (DZ_BIDIR if bidir else DZ_SINGLE)
+    src += CHUNK_END + dz_code(bidir, 12)
     src += per_state(FINAL, d_state, 4) + "\n"
     src += "    if not STATE_PASS:\n        if HAS_D:\n" + store_channels("dD_ptr + seg_row", "dD_acc", 12)
     src += "        if HAS_BIAS:\n" + store_channels("dbias_ptr + seg_row", "db_acc", 12)

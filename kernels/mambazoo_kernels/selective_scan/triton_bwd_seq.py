@@ -66,7 +66,9 @@ from __future__ import annotations
 import functools
 import textwrap
 
-from .triton_fwd import HEADER, _bc_step_loads, column_join, column_split, load_generated, per_state
+from .triton_bwd import dz_code
+from .triton_fwd import (DT_FROM_PRE, HEADER, PROGRAM_ROWS, _bc_step_loads, column_join, column_split, load_generated,
+                         per_state)
 
 SIGNATURE = """
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
@@ -81,20 +83,7 @@ def {name}(
 
 RUNTIME_ARGS = ["batch", "dim", "L", "Lp", "cpg_B", "cpg_C", "n_segs", "seg_chunks", "n_chunks", "m", "has_init"]
 
-SETUP = """
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    direction = tl.program_id(2) // n_segs
-    seg = tl.program_id(2) - direction * n_segs
-    dir64 = direction.to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    dmask = offs_d < dim
-    offs_d64 = offs_d.to(tl.int64)
-    row = (dir64 * batch + pid_b) * dim + offs_d64
-    seg_row = row * n_segs + seg
-    x_row = row * L
-    z_row = (pid_b * dim + offs_d64) * L
-    par = dir64 * dim + offs_d64
+SETUP = PROGRAM_ROWS + """
     blk_row = (dir64 * batch + pid_b) * tl.num_programs(0) + pid_d
     # Chunk-local scratch of sub-tile start states: (ndir, batch, n_blocks, m, N, BLOCK_D), channel
     # fastest; the state stride is a constant, so the N addresses of a sub-tile share one register.
@@ -141,14 +130,7 @@ m2 = dmask[:, None] & (t < L)[None, :]
 offs = x_row[:, None] + t[None, :]
 u = tl.load(u_ptr + offs, mask=m2, other=0.0).to(tl.float32)
 pre = tl.load(delta_ptr + offs, mask=m2, other=0.0).to(tl.float32)
-if HAS_BIAS:
-    pre = pre + bias[:, None]
-if SOFTPLUS:
-    dt = tl.where(m2, _softplus(pre), 0.0)
-else:
-    dt = tl.where(m2, pre, 0.0)
-dtu = dt * u
-"""
+""" + DT_FROM_PRE
 
 # dy (gated dout) and the mask-and-softplus-derivative factor of ddelta, as tiles.
 TILE_GRAD = """
@@ -177,20 +159,6 @@ ddelta = (u * gB + Agh * LN2) * dpre
 db_acc += ddelta
 tl.store(du_ptr + offs, du.to(du_ptr.dtype.element_ty), mask=m2)
 tl.store(ddelta_ptr + offs, ddelta.to(ddelta_ptr.dtype.element_ty), mask=m2)
-if HAS_Z:
-    dsilu = sz * (1.0 + zv * (1.0 - sz))
-"""
-
-DZ_SINGLE = """
-    if HAS_D:
-        y += Dv[:, None] * u
-    tl.store(dz_ptr + zoffs, (go * y * dsilu).to(dz_ptr.dtype.element_ty), mask=m2)
-"""
-
-DZ_BIDIR = """
-    if direction == 0:
-        yp = tl.load(ypre_ptr + zoffs, mask=m2, other=0.0).to(tl.float32)
-        tl.store(dz_ptr + zoffs, (go * yp * dsilu).to(dz_ptr.dtype.element_ty), mask=m2)
 """
 
 FINAL = """
@@ -330,7 +298,7 @@ def _source(name: str, d_state: int, tile: int, bidir: bool) -> str:
     end = _tile_of("gB", tile, bidir) + _tile_of("Agh", tile, bidir)
     if not bidir:
         end += "if HAS_Z:\n" + textwrap.indent(_tile_of("y", tile, bidir), "    ")
-    end += TILE_END.strip("\n") + "\n" + (DZ_BIDIR if bidir else DZ_SINGLE).strip("\n") + "\n"
+    end += TILE_END.strip("\n") + "\n" + dz_code(bidir, 0)
     sub += "if not STATE_PASS:\n" + textwrap.indent(end, "    ")
     chunk += "for ss in range(0, m):\n" + textwrap.indent(sub, "    ")
     src += "    for ii in range(i_start, i_end):\n" + textwrap.indent(chunk, " " * 8)

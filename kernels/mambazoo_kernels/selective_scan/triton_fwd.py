@@ -170,9 +170,9 @@ COMMON_ARGS = """
     sC_dir, sC_b, sC_g, sC_n, sC_t,
 """
 
-# Program setup shared by the kernels: ids (int64 before any product), row offsets, B/C bases,
-# and the program's segment: processing-order tiles [i_start, i_end) of its direction.
-SETUP = """
+# The start of every kernel's program setup (this module's and both backwards'): ids (int64
+# before any product), the channel block and its row offsets into (ndir, batch, dim, ..) tensors.
+PROGRAM_ROWS = """
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     direction = tl.program_id(2) // n_segs
@@ -186,6 +186,11 @@ SETUP = """
     x_row = row * L
     z_row = (pid_b * dim + offs_d64) * L
     par = dir64 * dim + offs_d64
+"""
+
+# Program setup of the chunked kernels: B/C bases, and the program's segment: processing-order
+# tiles [i_start, i_end) of its direction.
+SETUP = PROGRAM_ROWS + """
     B_base = B_ptr + dir64 * sB_dir + pid_b * sB_b + ((pid_d * BLOCK_D) // cpg_B).to(tl.int64) * sB_g
     C_base = C_ptr + dir64 * sC_dir + pid_b * sC_b + ((pid_d * BLOCK_D) // cpg_C).to(tl.int64) * sC_g
     B_chan = B_ptr + dir64 * sB_dir + offs_d64 * sB_g
@@ -268,6 +273,19 @@ def store_channels(ptr: str, value: str, indent: int) -> str:
     return " " * indent + piece(line) + "\n"
 
 
+# dt of a [BLOCK_D, T] tile from its delta (``pre``), and dt * u; masked steps (padding, t >= L)
+# get dt = 0, an identity step.
+DT_FROM_PRE = """
+if HAS_BIAS:
+    pre = pre + bias[:, None]
+if SOFTPLUS:
+    dt = tl.where(m2, _softplus(pre), 0.0)
+else:
+    dt = tl.where(m2, pre, 0.0)
+dtu = dt * u
+"""
+
+
 def load_step_tile(vec: int) -> str:
     """One tile's u and delta with bias/softplus; masked steps get dt = 0 (an identity step)."""
     piece_mask = "dmask[:, None] & (tp + sgn * @j < L)"
@@ -279,15 +297,7 @@ def load_step_tile(vec: int) -> str:
         "        offs = x_row[:, None] + t[None, :]\n"
         + tile_load("u", "u_ptr + x_row[:, None] + (tp + sgn * @j)", piece_mask, vec, 8)
         + tile_load("pre", "delta_ptr + x_row[:, None] + (tp + sgn * @j)", piece_mask, vec, 8)
-        + """
-        if HAS_BIAS:
-            pre = pre + bias[:, None]
-        if SOFTPLUS:
-            dt = tl.where(m2, _softplus(pre), 0.0)
-        else:
-            dt = tl.where(m2, pre, 0.0)
-        dtu = dt * u
-""")
+        + textwrap.indent(DT_FROM_PRE, " " * 8))
 
 
 def bc_tile(name: str, vec: int, indent: int) -> str:
@@ -387,20 +397,7 @@ def {name}(
 SEQ_RUNTIME_ARGS = ["batch", "dim", "L", "Lp", "cpg_B", "cpg_C", "n_segs", "seg_tiles", "n_tiles", "ck_tiles",
                     "n_ck", "has_init", "store_ckpt", "store_ypre"]
 
-SEQ_SETUP = """
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    direction = tl.program_id(2) // n_segs
-    seg = tl.program_id(2) - direction * n_segs
-    dir64 = direction.to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    dmask = offs_d < dim
-    offs_d64 = offs_d.to(tl.int64)
-    row = (dir64 * batch + pid_b) * dim + offs_d64
-    seg_row = row * n_segs + seg
-    x_row = row * L
-    z_row = (pid_b * dim + offs_d64) * L
-    par = dir64 * dim + offs_d64
+SEQ_SETUP = PROGRAM_ROWS + """
     # Staged per-token B/C rows of this program's group: (ndir, batch, groups, Lp, N) fp32.
     B_row = B_ptr + (((dir64 * batch + pid_b) * (dim // cpg_B) + (pid_d * BLOCK_D) // cpg_B) * Lp) * N_STATE
     C_row = C_ptr + (((dir64 * batch + pid_b) * (dim // cpg_C) + (pid_d * BLOCK_D) // cpg_C) * Lp) * N_STATE
@@ -455,14 +452,7 @@ SEQ_TILE_LOAD = """
 
 SEQ_CKPT_STORE = "tl.store(ckpt_ptr + ck + @n, h_@n, mask=dmask)\n"
 
-SEQ_DT = """
-        if HAS_BIAS:
-            pre = pre + bias[:, None]
-        if SOFTPLUS:
-            dt = tl.where(m2, _softplus(pre), 0.0)
-        else:
-            dt = tl.where(m2, pre, 0.0)
-        dtu = dt * u
+SEQ_DT = textwrap.indent(DT_FROM_PRE, " " * 8) + """
         if STATE_PASS:
             dt_sum += _sum(dt, axis=1)
 """

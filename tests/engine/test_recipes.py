@@ -105,6 +105,8 @@ def test_cpu_autocast_wrapper_refuses_fp16():
     assert wrapper.state_dict()["loss_scaler"] == {}
 
 
+# one process: FSDP says it falls back to NO_SHARD, which is expected here
+@pytest.mark.filterwarnings("ignore:FSDP is switching to use:UserWarning")
 def test_fsdp_switch_builds_and_trains_a_step():
     """model_wrapper_cfg.type=MMFullyShardedDataParallel: mmengine's FSDP wrapper around the
     classifier, our optimizer constructor on it, one train step (one gloo process on CPU)."""

@@ -10,6 +10,7 @@
 # max-pooled stride-64 level for the RPN; no top-down FPN path (ViTDet shows it adds nothing on
 # a plain backbone). `custom_imports` registers VimBackbone / SimpleFeaturePyramid in mmengine's
 # root MODELS registry, which mmdet's MODELS registry falls back to for unscoped type names.
+_base_ = ["_base_/openmmlab_vim_optim.py"]
 custom_imports = dict(imports=["mambazoo.downstream"], allow_failed_imports=False)
 default_scope = "mmdet"
 
@@ -192,25 +193,11 @@ param_scheduler = [
     dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=250),
     dict(type="MultiStepLR", begin=0, end=max_iters, by_epoch=False, milestones=[163889, 177546], gamma=0.1),
 ]
-# No weight decay on the SSM parameters (A_log / A_b_log, D / D_b, dt biases), the embeddings
-# and the norms; custom_keys match by substring of the parameter name.
+# No weight decay on the SSM parameters, embeddings and norms: configs/_base_/openmmlab_vim_optim.py
 optim_wrapper = dict(
     type="AmpOptimWrapper",
     dtype="bfloat16",
     optimizer=dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1),
-    paramwise_cfg=dict(
-        custom_keys={
-            "mixer.A_log": dict(decay_mult=0.0),
-            "mixer.A_b_log": dict(decay_mult=0.0),
-            "mixer.D": dict(decay_mult=0.0),  # D and D_b
-            "dt_proj.bias": dict(decay_mult=0.0),
-            "dt_proj_b.bias": dict(decay_mult=0.0),
-            "pos_embed": dict(decay_mult=0.0),
-            "cls_token": dict(decay_mult=0.0),
-            "norm": dict(decay_mult=0.0),
-        }
-    ),
-    clip_grad=dict(max_norm=1.0),
 )
 auto_scale_lr = dict(enable=False, base_batch_size=64)
 

@@ -9,6 +9,7 @@
 # configs do with their multi-level neck). `custom_imports` registers VimBackbone /
 # SimpleFeaturePyramid in mmengine's root MODELS registry, which mmseg's MODELS registry falls
 # back to for unscoped type names.
+_base_ = ["_base_/openmmlab_vim_optim.py"]
 custom_imports = dict(imports=["mambazoo.downstream"], allow_failed_imports=False)
 default_scope = "mmseg"
 
@@ -133,24 +134,10 @@ param_scheduler = [
     dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(type="PolyLR", eta_min=0.0, power=1.0, begin=1500, end=max_iters, by_epoch=False),
 ]
-# No weight decay on the SSM parameters (A_log / A_b_log, D / D_b, dt biases), the embeddings
-# and the norms; custom_keys match by substring of the parameter name.
+# No weight decay on the SSM parameters, embeddings and norms: configs/_base_/openmmlab_vim_optim.py
 optim_wrapper = dict(
     type="OptimWrapper",
     optimizer=dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(
-        custom_keys={
-            "mixer.A_log": dict(decay_mult=0.0),
-            "mixer.A_b_log": dict(decay_mult=0.0),
-            "mixer.D": dict(decay_mult=0.0),  # D and D_b
-            "dt_proj.bias": dict(decay_mult=0.0),
-            "dt_proj_b.bias": dict(decay_mult=0.0),
-            "pos_embed": dict(decay_mult=0.0),
-            "cls_token": dict(decay_mult=0.0),
-            "norm": dict(decay_mult=0.0),
-        }
-    ),
-    clip_grad=dict(max_norm=1.0),
 )
 
 default_hooks = dict(

@@ -84,3 +84,26 @@ def test_mmseg_upernet_config():
 
 def test_package_exports():
     assert set(mambazoo.downstream.__all__) >= {"VimBackbone", "SimpleFeaturePyramid", "vim_faster_rcnn"}
+
+
+def test_openmmlab_no_decay_keys_cover_the_models_no_weight_decay():
+    """mmdet/mmseg pick no-decay parameters by substring (their constructor cannot call the
+    model's ``no_weight_decay()``): every name the backbone declares must match a key, and no
+    key may match a Linear/conv weight (which must keep weight decay)."""
+    for config_name in ("mmdet_mask_rcnn_vim_tiny_fpn.py", "mmseg_upernet_vim_tiny.py"):
+        cfg = Config.fromfile(str(CONFIGS / config_name))
+        keys = cfg.optim_wrapper.paramwise_cfg.custom_keys
+        assert all(rule == dict(decay_mult=0.0) for rule in keys.values())
+        assert cfg.optim_wrapper.clip_grad == dict(max_norm=1.0) and "optimizer" in cfg.optim_wrapper
+        cfg.model.backbone.pretrained = False
+        backbone = MODELS.build(cfg.model.backbone)
+        declared = backbone.model.no_weight_decay()
+        names = [name for name, _ in backbone.named_parameters()]
+        assert sum(name.split("model.", 1)[-1] in declared for name in names) == len(declared) > 0
+        for name in names:
+            matched = any(key in name for key in keys)
+            short = name.split("model.", 1)[-1]
+            if short in declared or name.endswith("norm.weight") or "norm_f" in name:
+                assert matched, (config_name, name)
+            elif name.endswith(("proj.weight", "conv1d.weight")):
+                assert not matched, (config_name, name)

@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if not osp.isfile(args.checkpoint):
+        raise SystemExit(f"checkpoint not found: {args.checkpoint}")
     cfg = load_config(args)
     cfg.work_dir = args.work_dir or osp.dirname(osp.abspath(args.checkpoint))
     cfg.load_from, cfg.resume = None, False

@@ -69,6 +69,8 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.resume = True
         cfg.load_from = None
     elif args.resume is not None:
+        if not osp.isfile(args.resume):
+            raise SystemExit(f"--resume checkpoint not found: {args.resume}")
         cfg.resume = True
         cfg.load_from = args.resume
     return cfg

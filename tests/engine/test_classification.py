@@ -163,6 +163,9 @@ def test_tools_test_reproduces_the_validation_metrics(config, trained, tmp_path)
     assert tested["metrics"]["accuracy/top5"] == pytest.approx(val["accuracy/top5"], abs=1e-9)
     assert f"test accuracy: {val['accuracy/top1']:.4f} (200 images)" in result.stdout
 
+    missing = run("tools/test.py", str(config), str(work / "epoch_9.pth"))
+    assert missing.returncode != 0 and f"checkpoint not found: {work / 'epoch_9.pth'}" in missing.stderr
+
 
 def test_killed_and_resumed_run_matches_with_ema_mixup_and_accumulation(config, trained, tmp_path):
     straight, _ = trained
@@ -225,3 +228,11 @@ def test_bad_keys_stop_the_tool_with_their_name(config, tmp_path, option, expect
     result = run("tools/train.py", str(config), "--work-dir", str(tmp_path), "--cfg-options", option, timeout=120)
     assert result.returncode != 0
     assert expected in result.stderr, result.stderr[-3000:]
+
+
+def test_missing_resume_checkpoint_is_named_before_any_work(config, tmp_path):
+    missing = tmp_path / "epoch_7.pth"
+    result = run("tools/train.py", str(config), "--work-dir", str(tmp_path), "--resume", str(missing), timeout=120)
+    assert result.returncode != 0
+    assert f"--resume checkpoint not found: {missing}" in result.stderr, result.stderr[-3000:]
+    assert not any(tmp_path.glob("*/vis_data"))  # stopped before the Runner made its log folders

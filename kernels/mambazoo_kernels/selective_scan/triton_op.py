@@ -10,6 +10,7 @@ Launchers make no ``torch.cuda`` call, so the same code runs the kernels on CPU 
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -22,9 +23,13 @@ from .triton_fwd import segment_combine_kernel, seq_forward_kernel, stage_bc_ker
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_D_STATE = 64
-# Channels (one warp lane each in the forward) that give every scheduler of an H100/H200-class GPU
-# (132 SMs x 4) two warps; fewer channels than half of that get their sequence cut into segments.
-TARGET_CHANNELS = 132 * 4 * 2 * 32
+# Resident warps per SM of the sequential kernels (255 registers per thread: 65536 / (255 * 32)),
+# and the SM count assumed where no CUDA device is asked (H100/H200).
+WARPS_PER_SM = 8
+DEFAULT_SMS = 132
+# A segmented scan runs a state pass (no outputs) before the full pass; its cost per step relative
+# to the full pass (H200, 2026-11-28: the time of every forward row fits waves x steps x (1 + this)).
+STATE_PASS_COST = 1.0
 
 
 @dataclass(frozen=True)
@@ -148,21 +153,38 @@ def _common(u, B, C):
     return b_const, c_const, cpg_b, cpg_c, b_strides, c_strides, limit
 
 
-def _segment_plan(cfg: ScanConfig, batch: int, dim: int, ndir: int, n_tiles: int, block_d: int):
-    """(n_segs, chunks per segment): cut L into segments when too few channels fill the GPU.
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return DEFAULT_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
-    Segments cost a second pass of exps (a state pass without outputs), so they are used only
-    below half of ``TARGET_CHANNELS``.
+
+def _segment_plan(cfg: ScanConfig, batch: int, dim: int, ndir: int, n_tiles: int, block_d: int, device):
+    """(n_segs, chunks per segment): cut L into segments when too few programs fill the GPU.
+
+    The sequential kernels are latency-bound at a fixed time per step and program as long as the
+    programs fit on the GPU at once, so a launch costs about waves x steps per program. Segments
+    shorten the steps of a program but add a state pass; the plan minimizes
+    ``ceil(programs / slots) * chunks per segment * (1 + STATE_PASS_COST if segmented)``.
     """
     if cfg.segments is not None:
         n_segs = max(1, min(cfg.segments, n_tiles))
     else:
-        channels = batch * ndir * triton_cdiv(dim, block_d) * block_d
-        if channels * 2 >= TARGET_CHANNELS or n_tiles < 4:
-            return 1, n_tiles
-        n_segs = min(triton_cdiv(TARGET_CHANNELS, channels), n_tiles // 2)
+        warps = max(1, min(cfg.fwd_warps, block_d // 32))
+        slots = _sm_count(device) * max(1, WARPS_PER_SM // warps)
+        n_segs = _best_segments(batch * ndir * triton_cdiv(dim, block_d), slots, n_tiles)
     seg_chunks = triton_cdiv(n_tiles, n_segs)
     return triton_cdiv(n_tiles, seg_chunks), seg_chunks
+
+
+@functools.lru_cache(maxsize=4096)
+def _best_segments(programs: int, slots: int, n_tiles: int) -> int:
+    def cost(segs):
+        waves = triton_cdiv(programs * segs, slots)
+        return waves * triton_cdiv(n_tiles, segs) * (1.0 if segs == 1 else 1.0 + STATE_PASS_COST)
+
+    return min(range(1, max(1, n_tiles // 2) + 1), key=cost)
 
 
 def _combine_segments(seg, segdt, A, init, reverse):
@@ -202,7 +224,7 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus, scale, need_ckpt, need
     n_chunks = triton_cdiv(length, chunk)
     ck_tiles = chunk // tile
     n_tiles = n_chunks * ck_tiles  # the tile grid covers whole chunks (checkpoints on their edges)
-    n_segs, seg_chunks = _segment_plan(cfg, batch, dim, ndir, n_chunks, max(block_d, bwd_block_d))
+    n_segs, seg_chunks = _segment_plan(cfg, batch, dim, ndir, n_chunks, block_d, u.device)
     f32 = dict(dtype=torch.float32, device=u.device)
     out = torch.empty((batch, dim, length), dtype=u.dtype, device=u.device)
     h_final = torch.empty((ndir, batch, dim, d_state), **f32)
@@ -368,7 +390,7 @@ def _plan(u, B, C):
     limit = _common(u, B, C)[-1]
     cfg, block_d, bwd_block_d = _config(dim, length, limit)
     n_tiles = triton_cdiv(length, cfg.chunk)
-    n_segs, seg_chunks = _segment_plan(cfg, batch, dim, ndir, n_tiles, max(block_d, bwd_block_d))
+    n_segs, seg_chunks = _segment_plan(cfg, batch, dim, ndir, n_tiles, block_d, u.device)
     return cfg.chunk, n_tiles, n_segs, seg_chunks
 
 

@@ -77,6 +77,17 @@ def bench(fn, grad_to_none=None):
     return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
 
 
+def bench_graph(fn):
+    """Median ms of ``fn`` replayed from a CUDA graph: the GPU time of its kernels without the
+    Python and launch overhead of an eager call, which ``bench`` includes once it exceeds the GPU
+    time (short calls). In the dry run: ``bench``."""
+    if DRY:
+        return bench(fn)
+    from triton.testing import do_bench_cudagraph
+
+    return do_bench_cudagraph(fn, rep=100, return_mode="median")
+
+
 def empty_cache():
     if not DRY:
         torch.cuda.empty_cache()

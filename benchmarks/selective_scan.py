@@ -38,7 +38,7 @@ import time
 import traceback
 
 # First: with --dry-run it sets TRITON_INTERPRET before Triton is imported.
-from _harness import (DRY, Run, bench, device, empty_cache, fmt_errors, grad_errors, leaves, parser, plot, rel,
+from _harness import (DRY, Run, bench, bench_graph, device, empty_cache, fmt_errors, grad_errors, leaves, parser, plot, rel,
                       run_warmup, selected, sync, targets_met, upcast)
 
 import torch
@@ -210,15 +210,16 @@ def time_single(shape):
     args = make_args(batch, dim, length, d_state, seed=3)
     with torch.no_grad():
         fwd = bench(lambda: selective_scan(**args, backend="triton"))
+        fwd_graph = bench_graph(lambda: selective_scan(**args, backend="triton"))
     if not BACKWARD:
-        return fwd, float("nan")
+        return fwd, fwd_graph, float("nan")
     gargs = make_args(batch, dim, length, d_state, seed=3, grad=True)
     dout = torch.randn(batch, dim, length, device=device(), dtype=torch.bfloat16)
 
     def fwd_bwd():
         selective_scan(**gargs, backend="triton").backward(dout)
 
-    return fwd, bench(fwd_bwd, grad_to_none=leaves(gargs))
+    return fwd, fwd_graph, bench(fwd_bwd, grad_to_none=leaves(gargs))
 
 
 def two_single_calls(args, average=True):
@@ -239,14 +240,16 @@ def time_bidir(shape):
     with torch.no_grad():
         fused = bench(lambda: bidirectional_selective_scan(**args, average=True, backend="triton"))
         two = bench(lambda: two_single_calls(args))
+        graphs = (bench_graph(lambda: bidirectional_selective_scan(**args, average=True, backend="triton")),
+                  bench_graph(lambda: two_single_calls(args)))
     if not BACKWARD:
-        return fused, two, float("nan"), float("nan")
+        return fused, two, float("nan"), float("nan"), *graphs
     gargs = make_args(batch, dim, length, d_state, ndir=2, seed=4, grad=True)
     dout = torch.randn(batch, dim, length, device=device(), dtype=torch.bfloat16)
     fused_bwd = bench(lambda: bidirectional_selective_scan(**gargs, average=True, backend="triton").backward(dout),
                       grad_to_none=leaves(gargs))
     two_bwd = bench(lambda: two_single_calls(gargs).backward(dout), grad_to_none=leaves(gargs))
-    return fused, two, fused_bwd, two_bwd
+    return fused, two, fused_bwd, two_bwd, *graphs
 
 
 def phase_time(shapes, configs, log):
@@ -258,7 +261,7 @@ def phase_time(shapes, configs, log):
         for cname, spec in tried:
             set_config(spec)
             try:
-                fwd, fwdbwd = time_single(shape)
+                fwd, fwd_graph, fwdbwd = time_single(shape)
             except Exception as exc:  # one failing tiling must not lose the others
                 log(f"  {name} {cname} FAILED: {exc!r}")
                 row["configs"][cname] = {"error": repr(exc)}
@@ -267,26 +270,29 @@ def phase_time(shapes, configs, log):
             exp_b, mem_b = floors(shape, 1, True)
             row["configs"][cname] = {
                 "spec": list(dataclasses.astuple(auto) if spec is None else spec),
-                "fwd_ms": fwd, "fwdbwd_ms": fwdbwd,
+                "fwd_ms": fwd, "fwd_graph_ms": fwd_graph, "fwd_graph_speedup": ref_fwd / fwd_graph, "fwdbwd_ms": fwdbwd,
                 "fwd_frac_exp": exp_f / fwd, "fwd_frac_mem": mem_f / fwd,
                 "fwdbwd_frac_exp": exp_b / fwdbwd, "fwdbwd_frac_mem": mem_b / fwdbwd,
                 "fwd_speedup": ref_fwd / fwd, "fwdbwd_speedup": ref_fwdbwd / fwdbwd,
             }
             c = row["configs"][cname]
             log(f"  {name:11s} {cname:5s} fwd {fwd:7.3f} ms ({c['fwd_speedup']:.2f}x, exp {c['fwd_frac_exp']:.0%}, "
-                f"mem {c['fwd_frac_mem']:.0%})  fwd+bwd {fwdbwd:7.3f} ms ({c['fwdbwd_speedup']:.2f}x, "
+                f"mem {c['fwd_frac_mem']:.0%}; graph {fwd_graph:.3f} ms)  fwd+bwd {fwdbwd:7.3f} ms ({c['fwdbwd_speedup']:.2f}x, "
                 f"exp {c['fwdbwd_frac_exp']:.0%}, mem {c['fwdbwd_frac_mem']:.0%})")
         set_config(None)
         if "--no-bidir" in sys.argv:
             continue
         try:
-            fused, two, fused_bwd, two_bwd = time_bidir(shape)
+            fused, two, fused_bwd, two_bwd, fused_graph, two_graph = time_bidir(shape)
             exp_f, mem_f = floors(shape, 2, False)
             row["bidir"] = {"fused_fwd_ms": fused, "two_calls_fwd_ms": two, "fused_fwdbwd_ms": fused_bwd,
                             "two_calls_fwdbwd_ms": two_bwd, "fwd_ratio": two / fused, "fwdbwd_ratio": two_bwd / fused_bwd,
+                            "fused_fwd_graph_ms": fused_graph, "two_calls_fwd_graph_ms": two_graph,
+                            "fwd_graph_ratio": two_graph / fused_graph,
                             "fused_fwd_frac_exp": exp_f / fused, "fused_fwd_frac_mem": mem_f / fused}
             log(f"  {name:11s} bidir fused fwd {fused:.3f} ms vs two calls {two:.3f} ms ({two / fused:.2f}x); "
-                f"fwd+bwd {fused_bwd:.3f} vs {two_bwd:.3f} ms ({two_bwd / fused_bwd:.2f}x)")
+                f"fwd+bwd {fused_bwd:.3f} vs {two_bwd:.3f} ms ({two_bwd / fused_bwd:.2f}x); graph fwd {fused_graph:.3f} vs "
+                f"{two_graph:.3f} ms ({two_graph / fused_graph:.2f}x)")
         except Exception as exc:
             log(f"  {name} bidir FAILED: {exc!r}")
             row["bidir"] = {"error": repr(exc)}

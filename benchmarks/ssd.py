@@ -32,7 +32,7 @@ import math
 import time
 
 # First: with --dry-run it sets TRITON_INTERPRET before Triton is imported.
-from _harness import (DRY, Run, bench, device, empty_cache, fmt_errors, grad_errors, leaves, parser, plot, rel,
+from _harness import (DRY, Run, bench, bench_graph, device, empty_cache, fmt_errors, grad_errors, leaves, parser, plot, rel,
                       run_warmup, selected, sync, targets_met, upcast)
 
 import torch
@@ -237,9 +237,10 @@ def time_single(shape, n_seqs):
     args = make_args(*shape, n_seqs=n_seqs, seed=3)
     with torch.no_grad():
         fwd = bench(lambda: triton_ssd(**args))
+        fwd_graph = bench_graph(lambda: triton_ssd(**args))
     gargs = make_args(*shape, n_seqs=n_seqs, seed=3, grad=True)
     dout = torch.randn(shape[:4], device=device(), dtype=torch.bfloat16)
-    return fwd, bench(lambda: triton_ssd(**gargs).backward(dout), grad_to_none=leaves(gargs))
+    return fwd, fwd_graph, bench(lambda: triton_ssd(**gargs).backward(dout), grad_to_none=leaves(gargs))
 
 
 def time_bidir(shape, per_dir=False):
@@ -249,12 +250,14 @@ def time_bidir(shape, per_dir=False):
     with torch.no_grad():
         fused = bench(lambda: triton_bidirectional_ssd(**args, average=True))
         two = bench(lambda: two_single_calls(args))
+        fused_graph = bench_graph(lambda: triton_bidirectional_ssd(**args, average=True))
+        two_graph = bench_graph(lambda: two_single_calls(args))
     gargs = make_args(*shape, **layout, grad=True)
     dout = torch.randn(shape[:4], device=device(), dtype=torch.bfloat16)
     fused_bwd = bench(lambda: triton_bidirectional_ssd(**gargs, average=True).backward(dout),
                       grad_to_none=leaves(gargs))
     two_bwd = bench(lambda: two_single_calls(gargs).backward(dout), grad_to_none=leaves(gargs))
-    return fused, two, fused_bwd, two_bwd
+    return fused, two, fused_bwd, two_bwd, fused_graph, two_graph
 
 
 def phase_time(shapes, configs, log, on_row=lambda rows: None):
@@ -266,14 +269,15 @@ def phase_time(shapes, configs, log, on_row=lambda rows: None):
             set_config(spec)
             chunk = triton_op.SSDConfig(*(spec or ())).chunk_for(shape[1], need_grad=True)
             try:
-                fwd, fwdbwd = time_single(shape, n_seqs)
+                fwd, fwd_graph, fwdbwd = time_single(shape, n_seqs)
             except Exception as exc:  # one failing tiling must not lose the others
                 log(f"  {name} {cname} FAILED: {exc!r}")
                 row["configs"][cname] = {"error": repr(exc)}
                 continue
             (mem_f, mm_f), (mem_b, mm_b) = limits(shape, chunk)
             c = row["configs"][cname] = {
-                "spec": spec, "fwd_ms": fwd, "fwdbwd_ms": fwdbwd,
+                "spec": spec, "fwd_ms": fwd, "fwd_graph_ms": fwd_graph, "fwdbwd_ms": fwdbwd,
+                "fwd_graph_speedup": ref_fwd / fwd_graph if ref_fwd else None,
                 "fwd_frac_mem": mem_f / fwd, "fwd_frac_matmul": mm_f / fwd,
                 "fwdbwd_frac_mem": mem_b / fwdbwd, "fwdbwd_frac_matmul": mm_b / fwdbwd,
                 "fwd_speedup": ref_fwd / fwd if ref_fwd else None,
@@ -281,21 +285,23 @@ def phase_time(shapes, configs, log, on_row=lambda rows: None):
             }
             vs = lambda s: f"{s:.2f}x mamba_ssm, " if s else ""  # noqa: E731
             log(f"  {name:13s} {cname:6s} fwd {fwd:7.3f} ms ({vs(c['fwd_speedup'])}mem {c['fwd_frac_mem']:.0%}, "
-                f"mm {c['fwd_frac_matmul']:.0%})  fwd+bwd {fwdbwd:7.3f} ms ({vs(c['fwdbwd_speedup'])}"
+                f"mm {c['fwd_frac_matmul']:.0%}; graph {fwd_graph:.3f} ms)  fwd+bwd {fwdbwd:7.3f} ms ({vs(c['fwdbwd_speedup'])}"
                 f"mem {c['fwdbwd_frac_mem']:.0%}, mm {c['fwdbwd_frac_matmul']:.0%})")
         set_config(None)
         for kind in ("bidir", "bidir_vim2") if name in BIDIR_ROWS else ():
             per_dir = kind == "bidir_vim2"
             try:
-                fused, two, fused_bwd, two_bwd = time_bidir(shape, per_dir)
+                fused, two, fused_bwd, two_bwd, fused_graph, two_graph = time_bidir(shape, per_dir)
                 (mem_f, mm_f), _ = limits(shape, triton_op.SSDConfig().chunk_for(shape[1], False), ndir=2,
                                           z=not per_dir, per_dir=per_dir)
                 row[kind] = {"fused_fwd_ms": fused, "two_calls_fwd_ms": two, "fused_fwdbwd_ms": fused_bwd,
                              "two_calls_fwdbwd_ms": two_bwd, "fwd_ratio": two / fused,
-                             "fwdbwd_ratio": two_bwd / fused_bwd,
+                             "fwdbwd_ratio": two_bwd / fused_bwd, "fused_fwd_graph_ms": fused_graph,
+                             "two_calls_fwd_graph_ms": two_graph, "fwd_graph_ratio": two_graph / fused_graph,
                              "fused_fwd_frac_mem": mem_f / fused, "fused_fwd_frac_matmul": mm_f / fused}
                 log(f"  {name:13s} {kind} fused fwd {fused:.3f} ms vs two calls {two:.3f} ms ({two / fused:.2f}x); "
-                    f"fwd+bwd {fused_bwd:.3f} vs {two_bwd:.3f} ms ({two_bwd / fused_bwd:.2f}x)")
+                    f"fwd+bwd {fused_bwd:.3f} vs {two_bwd:.3f} ms ({two_bwd / fused_bwd:.2f}x); graph fwd {fused_graph:.3f} "
+                    f"vs {two_graph:.3f} ms ({two_graph / fused_graph:.2f}x)")
             except Exception as exc:
                 log(f"  {name} {kind} FAILED: {exc!r}")
                 row[kind] = {"error": repr(exc)}

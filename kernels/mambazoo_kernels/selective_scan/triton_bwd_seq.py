@@ -189,6 +189,14 @@ def _columns(tile_name: str, prefix: str, tile: int, bidir: bool) -> str:
             + _reorder(f"{prefix}m", prefix, tile, bidir))
 
 
+def _dt_columns(tile: int, bidir: bool) -> str:
+    """Columns ``dt_j`` and ``dtu_j``. dt * u is formed per column from split dt and u tiles: splitting
+    the product tile instead broke triton 3.6's layout-conversion pass at 2-step sub-tiles
+    ("operand does not dominate this use", H200, 2026-11-28)."""
+    return (_columns("dt", "dt", tile, bidir) + _columns("u", "uc", tile, bidir)
+            + "".join(f"dtu_{j} = dt_{j} * uc_{j}\n" for j in range(tile)))
+
+
 def _tile_of(prefix: str, tile: int, bidir: bool) -> str:
     """Join processing-order columns ``{prefix}_j`` into a memory-order [BLOCK_D, T] tile ``{prefix}``."""
     return (_reorder(prefix, f"{prefix}m", tile, bidir)
@@ -283,13 +291,13 @@ def _source(name: str, d_state: int, tile: int, bidir: bool) -> str:
     loop1 = "".join(f"tl.store(hbuf_ptr + hb_row + (s * N_STATE + {n}) * BLOCK_D, h_{n}, mask=dmask)\n"
                     for n in range(d_state))
     loop1 += "if s < m - 1:\n" + textwrap.indent(
-        TILE.strip("\n") + "\n" + _columns("dt", "dt", tile, bidir) + _columns("dtu", "dtu", tile, bidir)
+        TILE.strip("\n") + "\n" + _dt_columns(tile, bidir)
         + _forward_steps(d_state, tile, keep=False), "    ")
     pass1 += textwrap.indent(loop1, "    ") + "tl.debug_barrier()\n"
     chunk += "if not STATE_PASS:\n" + textwrap.indent(pass1, "    ")
     # Pass 2: sub-tiles in reverse; recompute S steps, then the adjoint steps.
     sub = "s = m - 1 - ss\n" + TILE.strip("\n") + "\n" + TILE_GRAD.strip("\n") + "\n"
-    sub += _columns("dt", "dt", tile, bidir) + _columns("dtu", "dtu", tile, bidir) + _columns("dy", "dy", tile, bidir)
+    sub += _dt_columns(tile, bidir) + _columns("dy", "dy", tile, bidir)
     recompute = "".join(f"h_{n} = tl.load(hbuf_ptr + hb_row + (s * N_STATE + {n}) * BLOCK_D, mask=dmask, other=0.0)\n"
                         for n in range(d_state))
     recompute += _forward_steps(d_state, tile, keep=True)

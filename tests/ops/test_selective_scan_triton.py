@@ -5,8 +5,8 @@ shapes stay tiny. The backward's chunk is 16 steps for these lengths (see
 ``triton_op.default_config``) and the forward's tile 8, so lengths 17, 33 and 50 cross one to
 three chunk boundaries; ``segments`` forces the long-sequence path (state pass + combine + full
 pass) on short sequences. Gradient tests run both backward kernels (``bwd_kind``: the
-time-parallel ``chunk`` kernel and the sequential ``seq`` kernel, whose sub-tiles of 2 steps
-split every chunk).
+sequential ``seq`` kernel (the default), whose sub-tiles of 2 steps split every chunk, and the
+time-parallel ``chunk`` kernel).
 
 Tolerances: with float32 inputs the kernels differ from float64 only by float32 rounding in
 exp2 / scans / sums over at most a few hundred terms: ~1e-7 relative in practice; we assert 2e-5
@@ -106,6 +106,26 @@ def test_segmented_long_sequence_path(config, bwd_kind):
     args = make_inputs(1, 4, 90, 4, "grouped", 2, dtype=torch.float32, with_state=True, seed=3)
     config(length=90, segments=3)
     check_against_oracle(args, 2e-5, 1e-4)
+
+
+def test_sequential_backward_scratch_has_a_slot_per_program(config, monkeypatch):
+    # The programs of different segments run at the same time on a GPU (the interpreter runs them
+    # one after another, so a shared scratch slot would never show here; it did on the H200): the
+    # sub-tile scratch (argument 12 of the launch) must give every grid program its own slot.
+    config(length=90, segments=3, bwd_kind="seq")
+    launches = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((grid, args[12].shape))
+
+    monkeypatch.setattr(triton_op, "seq_backward_kernel", lambda *args: Recorder())
+    args = make_inputs(2, 4, 90, 4, "token", dtype=torch.float32)
+    leaves = {k: v.requires_grad_() for k, v in args.items() if k in ("u", "delta")}
+    selective_scan(**args, backend="triton").sum().backward()
+    assert launches and leaves["u"].grad is not None
+    for grid, scratch in launches:
+        assert grid[2] == 3 and scratch[0] == grid[0] * grid[1] * grid[2], (grid, scratch)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -261,7 +281,7 @@ def test_backward_kind_is_validated(monkeypatch):
     monkeypatch.setenv("MAMBAZOO_SCAN_BWD", "seq")
     assert triton_op._bwd_kind_from_env() == "seq"
     monkeypatch.delenv("MAMBAZOO_SCAN_BWD")
-    assert triton_op._bwd_kind_from_env() == "chunk"
+    assert triton_op._bwd_kind_from_env() == "seq"
 
 
 def test_auto_backend_keeps_cpu_tensors_on_the_reference(monkeypatch):

@@ -20,8 +20,8 @@ per-step (batch, dim, L, N) store is what the checkpoints avoid. So each chunk i
 sub-tiles of S steps (``ScanConfig.bwd_tile``, default 2):
 
 1. walk the chunk forward from its checkpoint and store the state at each sub-tile start into a
-   chunk-local scratch ``hbuf`` (ndir, batch, n_blocks, m, N, BLOCK_D) fp32 (m = chunk / S;
-   a program's own block, channel-contiguous, written and read back within the chunk, so it
+   chunk-local scratch ``hbuf`` (programs, m, N, BLOCK_D) fp32 (m = chunk / S; one slot per program of
+   the grid, channel-contiguous, written and read back within the chunk, so it
    stays in L1/L2; a barrier before and after pass 1 orders it between threads; its traffic,
    2 x 4 N / S bytes per channel and step, is what a smaller S costs);
 2. for the sub-tiles in reverse: reload the start state, recompute the S steps forward keeping
@@ -85,9 +85,11 @@ RUNTIME_ARGS = ["batch", "dim", "L", "Lp", "cpg_B", "cpg_C", "n_segs", "seg_chun
 
 SETUP = PROGRAM_ROWS + """
     blk_row = (dir64 * batch + pid_b) * tl.num_programs(0) + pid_d
-    # Chunk-local scratch of sub-tile start states: (ndir, batch, n_blocks, m, N, BLOCK_D), channel
-    # fastest; the state stride is a constant, so the N addresses of a sub-tile share one register.
-    hb_row = blk_row * m * (N_STATE * BLOCK_D) + tl.arange(0, BLOCK_D)
+    # Chunk-local scratch of sub-tile start states, one slot per program of the grid (programs of
+    # different segments run at the same time): (programs, m, N, BLOCK_D), channel fastest; the
+    # state stride is a constant, so the N addresses of a sub-tile share one register.
+    program = (tl.program_id(2).to(tl.int64) * tl.num_programs(1) + pid_b) * tl.num_programs(0) + pid_d
+    hb_row = program * m * (N_STATE * BLOCK_D) + tl.arange(0, BLOCK_D)
     B_row = B_ptr + (((dir64 * batch + pid_b) * (dim // cpg_B) + (pid_d * BLOCK_D) // cpg_B) * Lp) * N_STATE
     C_row = C_ptr + (((dir64 * batch + pid_b) * (dim // cpg_C) + (pid_d * BLOCK_D) // cpg_C) * Lp) * N_STATE
     cols = tl.arange(0, T)

@@ -2,9 +2,10 @@
 
 The single scan is the bidirectional machinery with one direction: every per-direction tensor
 gets a leading axis of size ``ndir`` (1 or 2) and the same forward kernel (``triton_fwd``,
-sequential, one thread per channel) and backward kernel (``triton_bwd``, time-parallel chunks
-recomputed from the forward's checkpoints; or, with ``ScanConfig.bwd_kind == "seq"`` /
-``MAMBAZOO_SCAN_BWD=seq``, ``triton_bwd_seq``, sequential like the forward) serve both.
+sequential, one thread per channel) and backward kernel (``triton_bwd_seq``, sequential like the
+forward, recomputing the states from the forward's checkpoints; or, with
+``ScanConfig.bwd_kind == "chunk"`` / ``MAMBAZOO_SCAN_BWD=chunk``, ``triton_bwd``: time-parallel
+chunks, slower on the H200 and minutes to compile) serve both.
 Launchers make no ``torch.cuda`` call, so the same code runs the kernels on CPU tensors under
 ``TRITON_INTERPRET=1``.
 """
@@ -47,12 +48,12 @@ class ScanConfig:
 
     chunk: int = 64
     fwd_tile: int = 8
-    fwd_warps: int = 4
+    fwd_warps: int = 1
     bwd_vec: int = 8
     bwd_warps: int = 4
     segments: Optional[int] = None  # None: chosen from the shape (see _segment_plan)
     fwd_maxnreg: Optional[int] = None  # register cap of the forward kernel (None: the compiler's choice)
-    bwd_kind: str = "chunk"
+    bwd_kind: str = "seq"
     bwd_tile: int = 2
 
     def __post_init__(self):
@@ -65,17 +66,20 @@ class ScanConfig:
         return 32 * self.fwd_warps
 
 
-# Per chunk size: (fwd_tile, fwd_warps, bwd_vec, bwd_warps); the backward stays near 8 steps per
-# thread with programs spanning >= 16 channels (its dB/dC partials scale with dim / channels per
-# program).
-DEFAULT_TILES = {16: (8, 4, 4, 4), 32: (8, 4, 4, 4), 64: (8, 4, 8, 4)}
+# Per chunk size: (fwd_tile, fwd_warps, bwd_vec, bwd_warps). One-warp programs for the sequential
+# kernels: on the H200 (2026-11-29, benchmarks/results/selective_scan_2026-11-29*) they ran the
+# forward 0.90-0.96x the time of four-warp ones at four of the five rows (1.18x at byte LM 8k) and
+# the sequential backward 0.4-0.6x (no cross-warp dB/dC reductions: 6 barriers per 2-step sub-tile
+# instead of 51). bwd_vec/bwd_warps tile the time-parallel "chunk" backward: ~8 steps per thread,
+# programs spanning >= 16 channels (its dB/dC partials scale with dim / channels per program).
+DEFAULT_TILES = {16: (8, 1, 4, 4), 32: (8, 1, 4, 4), 64: (8, 1, 8, 4)}
 
 BWD_KINDS = ("chunk", "seq")
 
 
 def _bwd_kind_from_env() -> str:
     """``MAMBAZOO_SCAN_BWD`` (read once, at import): the backward kernel of :func:`default_config`."""
-    kind = os.environ.get("MAMBAZOO_SCAN_BWD", "chunk")
+    kind = os.environ.get("MAMBAZOO_SCAN_BWD", "seq")
     if kind not in BWD_KINDS:
         raise ValueError(f"MAMBAZOO_SCAN_BWD must be one of {BWD_KINDS}, got {kind!r}")
     return kind
@@ -307,7 +311,7 @@ def _backward(u, delta, A, B, C, D, z, bias, saved: _Saved, dout, dh_final, soft
         sub = _pow2_divisor(chunk, cfg.bwd_tile)
         n_chunks = triton_cdiv(length, chunk)
         Bk, Ck = _stage_bc(B, b_const, n_chunks * chunk), _stage_bc(C, c_const, n_chunks * chunk)
-        hbuf = torch.empty((ndir, batch, n_blocks, chunk // sub, d_state, block_d), **f32)
+        hbuf = torch.empty((n_blocks * batch * ndir * n_segs, chunk // sub, d_state, block_d), **f32)
         kernel = seq_backward_kernel(d_state, sub, bidir)
     else:
         kernel = chunk_backward_kernel(d_state, bidir, cfg.bwd_vec)

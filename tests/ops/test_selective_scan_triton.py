@@ -108,6 +108,26 @@ def test_segmented_long_sequence_path(config, bwd_kind):
     check_against_oracle(args, 2e-5, 1e-4)
 
 
+@pytest.mark.parametrize("batch,dim,length,segmented", [
+    (128, 768, 197, False),  # Vim-S 224: 3,072 one-warp programs, about 3 waves already
+    (32, 768, 785, False),
+    (8, 768, 4097, True),  # Vim-S 1024: 192 programs
+    (1, 512, 131072, True),  # DNA 131k: 16 programs
+])
+def test_segment_plan_fills_whole_waves(batch, dim, length, segmented):
+    # The plan's cost model: waves x chunks per segment, segmenting costs a state pass. A segmented
+    # plan must not leave a short last wave (the first plan made second waves of 24-56 programs).
+    cfg = triton_op.default_config(length)
+    n_chunks = -(-length // cfg.chunk)
+    block_d = cfg.block_d(False)
+    n_segs, seg_chunks = triton_op._segment_plan(cfg, batch, dim, 1, n_chunks, block_d, torch.device("cpu"))
+    assert (n_segs > 1) == segmented and (n_segs - 1) * seg_chunks < n_chunks <= n_segs * seg_chunks
+    if segmented:
+        slots = triton_op.DEFAULT_SMS * triton_op.WARPS_PER_SM // (block_d // 32)
+        programs = batch * (dim // block_d) * n_segs
+        assert programs % slots == 0 or programs % slots > slots * 3 // 4, (programs, slots)
+
+
 def test_sequential_backward_scratch_has_a_slot_per_program(config, monkeypatch):
     # The programs of different segments run at the same time on a GPU (the interpreter runs them
     # one after another, so a shared scratch slot would never show here; it did on the H200): the

@@ -159,6 +159,7 @@ def _common(u, B, C):
 
 @functools.lru_cache(maxsize=None)
 def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; :data:`DEFAULT_SMS` for any other device."""
     if device.type != "cuda":
         return DEFAULT_SMS
     return torch.cuda.get_device_properties(device).multi_processor_count
@@ -184,6 +185,7 @@ def _segment_plan(cfg: ScanConfig, batch: int, dim: int, ndir: int, n_tiles: int
 
 @functools.lru_cache(maxsize=4096)
 def _best_segments(programs: int, slots: int, n_tiles: int) -> int:
+    """The segment count of least modeled cost (see :func:`_segment_plan`); ties go to fewer."""
     def cost(segs):
         waves = triton_cdiv(programs * segs, slots)
         return waves * triton_cdiv(n_tiles, segs) * (1.0 if segs == 1 else 1.0 + STATE_PASS_COST)
@@ -388,13 +390,14 @@ def _kernel_args(u, delta, A, B, C, D, z, delta_bias, initial_state, bidirection
             None if z is None else z.contiguous(), _f32(lead(delta_bias)), _f32(lead(initial_state)))
 
 
-def _plan(u, B, C):
-    """(chunk, n_tiles, n_segs, seg_chunks) that ``_forward`` picks for kernel-layout tensors."""
+def _plan(u, B, C, device=None):
+    """(chunk, n_tiles, n_segs, seg_chunks) that ``_forward`` picks for kernel-layout tensors on
+    ``device`` (default: ``u``'s; the segments depend on its SM count)."""
     ndir, batch, dim, length = u.shape
     limit = _common(u, B, C)[-1]
     cfg, block_d, bwd_block_d = _config(dim, length, limit)
     n_tiles = triton_cdiv(length, cfg.chunk)
-    n_segs, seg_chunks = _segment_plan(cfg, batch, dim, ndir, n_tiles, block_d, u.device)
+    n_segs, seg_chunks = _segment_plan(cfg, batch, dim, ndir, n_tiles, block_d, device or u.device)
     return cfg.chunk, n_tiles, n_segs, seg_chunks
 
 
@@ -412,11 +415,12 @@ def saved_shapes(u, delta, A, B, C, z, bidirectional: bool, save: bool):
 
     The tiling is planned on concrete sizes, so under dynamic shapes the compiled graph guards on
     (specializes) the sizes of the Triton scan's inputs."""
+    device = u.device
     u, delta, A, B, C = (_concrete(t) for t in (u, delta, A, B, C))
     z = None if z is None else _concrete(z)
     ku, _, kA, kB, kC, *_ = _kernel_args(u, delta, A, B, C, None, z, None, None, bidirectional)
     ndir, batch, dim, length = ku.shape
-    _, n_tiles, n_segs, _ = _plan(ku, kB, kC)
+    _, n_tiles, n_segs, _ = _plan(ku, kB, kC, device)
     ckpt = (ndir, batch, dim, n_tiles, kA.shape[-1]) if save else (0,)
     ypre = (batch, dim, length) if _stores_ypre(bidirectional, z, save) else (0,)
     segdt = (ndir, batch, dim, n_segs) if save and n_segs > 1 else (0,)

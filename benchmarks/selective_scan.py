@@ -7,23 +7,23 @@ Run from the repository root::
 Phases (``--phases``, comma separated, default all):
 
 * ``warmup``: compile every kernel variant the other phases use, in parallel processes that
-  share Triton's on-disk cache (H200 host, triton 3.6, 2026-11-28: forward 26-39 s, its state
-  pass 14-19 s, 14 forward kernels in 35 s on 15 processes; the backward takes 78-243 s, so a
-  4-minute call that also checks and times should pass ``--forward-only``).
+  share Triton's on-disk cache (H200 host, triton 3.6, 2026-11-29: forward 27-35 s, its state
+  pass 10-20 s, the sequential backward ~30 s, 16 kernels in 44 s on 15 processes; the
+  time-parallel ``chunk`` backward takes 78-243 s).
 * ``check``: bf16 inputs, Triton vs the PyTorch reference in fp32 on the same (rounded) inputs,
   relative L2 error of the output, final state and every gradient, at the FACTS.md shapes;
   the fused bidirectional op at Vim-S 224 and DNA 131k.
 * ``time``: ``triton.testing.do_bench`` medians of forward and forward+backward for each tiling
-  config, the fused bidirectional op vs two single-direction calls with flips, each against the
+  config (the forward also replayed from a CUDA graph: kernel time without Python), the fused bidirectional op vs two single-direction calls with flips, each against the
   exp-unit and memory floors of FACTS.md section 1 and mamba_ssm's times.
 * ``big``: a forward over more than 2^31 elements, a slice at the far end checked against the
   reference (64-bit offsets).
 
 ``--forward-only`` skips the backward everywhere; ``--no-bidir`` times single-direction calls
 only; ``--configs`` adds tilings from ``CONFIGS`` (ScanConfig fields) to the automatic one;
-``--bwd seq`` makes the automatic tiling use the sequential backward (``triton_bwd_seq``; the
-default ``chunk`` is the time-parallel one), and the ``seq*`` CONFIGS entries always use it, so
-``--configs c16,c64,seq16,seq64`` times both backward kernels in one run.
+``--bwd`` picks the automatic tiling's backward (default ``seq``, ``triton_bwd_seq``; ``chunk`` is
+the time-parallel ``triton_bwd``); CONFIGS entries name their own (``c16``/``c64`` the chunk one,
+``seq*``/``*seq16`` the sequential one), so ``--configs c16,seq16`` times both in one run.
 Writes ``selective_scan_<date>.json`` and ``selective_scan_<date>.png`` into ``--out``, with the
 registers and spills of every compiled scan kernel.
 ``--dry-run`` runs the same code on the CPU under ``TRITON_INTERPRET=1`` at tiny shapes.
@@ -67,8 +67,8 @@ ISSUE_TARGETS = {"fwd": {"vim_s_224": 4.0, "default": 2.0}, "fwdbwd": {"vim_s_22
 # fwd_maxnreg, bwd_kind, bwd_tile]) as in triton_op.ScanConfig; "auto" is
 # triton_op.default_config (per length, backward kind from --bwd).
 CONFIGS = {
-    "c64": (64, 8, 4, 8, 4),
-    "c16": (16, 8, 4, 4, 4),
+    "c64": (64, 8, 4, 8, 4, None, None, "chunk"),
+    "c16": (16, 8, 4, 4, 4, None, None, "chunk"),
     "t16": (64, 16, 4, 8, 4),
     "w2": (64, 8, 2, 8, 4),
     "w1": (64, 8, 1, 8, 4),

@@ -81,6 +81,7 @@ CONFIGS = {
     "t4seq16": (16, 4, 4, 4, 4, None, None, "seq", 2),
     "t4w1seq16": (16, 4, 1, 4, 4, None, None, "seq", 2),
     "w1seq16": (16, 8, 1, 4, 4, None, None, "seq", 2),
+    "w1t16seq16": (16, 16, 1, 4, 4, None, None, "seq", 2),
 }
 BACKWARD = "--forward-only" not in sys.argv
 

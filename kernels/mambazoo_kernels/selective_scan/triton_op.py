@@ -68,9 +68,9 @@ class ScanConfig:
 
 # Per chunk size: (fwd_tile, fwd_warps, bwd_vec, bwd_warps). One-warp programs for the sequential
 # kernels: on the H200 (2026-11-29, benchmarks/results/selective_scan_2026-11-29*) they ran the
-# forward 0.90-0.96x the time of four-warp ones at four of the five rows (1.18x at byte LM 8k) and
-# the sequential backward 0.4-0.6x (no cross-warp dB/dC reductions: 6 barriers per 2-step sub-tile
-# instead of 51). bwd_vec/bwd_warps tile the time-parallel "chunk" backward: ~8 steps per thread,
+# forward in 0.78-0.93x the time of four-warp ones at four of the five rows (1.18x at byte LM 8k)
+# and the sequential backward in 0.45-0.77x (no cross-warp dB/dC reductions: 6 barriers per 2-step
+# sub-tile instead of 51). bwd_vec/bwd_warps tile the time-parallel "chunk" backward: ~8 steps per thread,
 # programs spanning >= 16 channels (its dB/dC partials scale with dim / channels per program).
 DEFAULT_TILES = {16: (8, 1, 4, 4), 32: (8, 1, 4, 4), 64: (8, 1, 8, 4)}
 

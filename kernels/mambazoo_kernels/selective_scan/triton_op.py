@@ -36,15 +36,15 @@ STATE_PASS_COST = 1.0
 @dataclass(frozen=True)
 class ScanConfig:
     """Tiling. Forward: one channel per thread, ``32 * fwd_warps`` channels per program, time in
-    tiles of ``fwd_tile`` steps (a power of two dividing ``chunk``). Backward: a chunk of ``chunk``
-    steps is split over ``chunk // bwd_vec`` threads holding ``bwd_vec`` consecutive steps each;
-    the rest of a warp's 32 threads and the ``bwd_warps`` warps take channels. The forward stores
-    its states on the backward's chunk boundaries (the checkpoints). Fewer channels per program
-    where B/C groups or ``dim`` are smaller.
+    tiles of ``fwd_tile`` steps (a power of two dividing ``chunk``); it stores its states on the
+    backward's chunk boundaries (the checkpoints). Fewer channels per program where B/C groups or
+    ``dim`` are smaller.
 
-    ``bwd_kind`` picks the backward kernel: ``"chunk"`` (``triton_bwd``, time-parallel chunks) or
-    ``"seq"`` (``triton_bwd_seq``, sequential like the forward: one channel per thread in programs
-    of ``fwd_warps`` warps, chunks walked in sub-tiles of ``bwd_tile`` steps)."""
+    ``bwd_kind`` picks the backward kernel: ``"seq"`` (default; ``triton_bwd_seq``, sequential like
+    the forward: one channel per thread in programs of ``fwd_warps`` warps, each chunk walked in
+    sub-tiles of ``bwd_tile`` steps) or ``"chunk"`` (``triton_bwd``, time-parallel: a chunk is
+    split over ``chunk // bwd_vec`` threads holding ``bwd_vec`` consecutive steps each, the rest of
+    a warp's 32 threads and the ``bwd_warps`` warps take channels)."""
 
     chunk: int = 64
     fwd_tile: int = 8

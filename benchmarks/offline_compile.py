@@ -159,6 +159,9 @@ def main():
     parser.add_argument("--config", type=ast.literal_eval, default=None)
     opts = parser.parse_args()
     shape = tuple(int(s) for s in opts.shape.split(","))
+    rank = 4 if opts.op == "scan" else 5
+    if len(shape) != rank:
+        parser.error(f"--shape for {opts.op} needs {rank} comma-separated sizes, got {opts.shape!r}")
     make = scan_call if opts.op == "scan" else ssd_call
     launches = record_launches(make(shape, opts.backward, opts.bidirectional, opts.config))
     print(f"triton {triton.__version__}, {len(launches)} launches")

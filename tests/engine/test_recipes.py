@@ -138,3 +138,23 @@ def test_fsdp_switch_builds_and_trains_a_step():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def test_gpu_fashion_mnist_config_changes_only_model_input_precision_and_workers():
+    # configs/vim_tiny_fashion_mnist_224.py inherits the CPU main job's config; what it must change
+    # (and the split and schedule it must keep) resolved through mmengine's inheritance.
+    cpu = Config.fromfile(str(CONFIGS / "vim_fashion_mnist.py"))
+    gpu = Config.fromfile(str(CONFIGS / "vim_tiny_fashion_mnist_224.py"))
+    assert dict(gpu.model) == dict(type="TimmClassifier", model_name="vim_tiny", num_classes=10, drop_path_rate=0.05,
+                                   label_smoothing=0.1)
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        ds, cpu_ds = gpu[loader].dataset, cpu[loader].dataset
+        assert ds.channels == 3 and tuple(ds.transform.input_size) == (3, 224, 224), loader
+        assert (ds.split, ds.get("start"), ds.get("num_samples")) == (cpu_ds.split, cpu_ds.get("start"),
+                                                                     cpu_ds.get("num_samples")), loader
+        assert gpu[loader].batch_size == cpu[loader].batch_size and gpu[loader].num_workers == 12
+    assert (gpu.optim_wrapper.type, gpu.optim_wrapper.dtype) == ("AutocastOptimWrapper", "bfloat16")
+    assert gpu.optim_wrapper.constructor == cpu.optim_wrapper.constructor == "TimmOptimWrapperConstructor"
+    assert [h.type for h in gpu.visualizer.vis_backends] == ["LocalVisBackend"]
+    assert "ThroughputHook" in [h.type for h in gpu.custom_hooks] and not gpu.get("torch_num_threads")
+    assert gpu.train_cfg.max_epochs == 2 and gpu.env_cfg.cudnn_benchmark

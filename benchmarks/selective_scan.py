@@ -78,8 +78,6 @@ CONFIGS = {
     "seq16": (16, 8, 4, 4, 4, None, None, "seq", 2),
     "seq64": (64, 8, 4, 8, 4, None, None, "seq", 2),
     "seq64t4": (64, 8, 4, 8, 4, None, None, "seq", 4),
-    "t4seq16": (16, 4, 4, 4, 4, None, None, "seq", 2),
-    "t4w1seq16": (16, 4, 1, 4, 4, None, None, "seq", 2),
     "w1seq16": (16, 8, 1, 4, 4, None, None, "seq", 2),
     "w1t16seq16": (16, 16, 1, 4, 4, None, None, "seq", 2),
 }

@@ -84,8 +84,9 @@ def _source(fn, args, kwargs):
     return ASTSource(fn, signature, constexprs=constexprs, attrs=attrs), options
 
 
-def compile_launch(fn, args, kwargs, arch=90):
-    """Compile one recorded launch; a dict of resources, or ``{"error": ...}``."""
+def compile_launch(fn, args, kwargs, arch=90, sass_dir=None):
+    """Compile one recorded launch; a dict of resources, or ``{"error": ...}``. With ``sass_dir``
+    the SASS listing is also written there as ``<kernel>.sass``."""
     src, options = _source(fn, args, kwargs)
     start = time.time()
     try:
@@ -99,6 +100,10 @@ def compile_launch(fn, args, kwargs, arch=90):
         f.flush()
         usage = subprocess.run([f"{tools}/cuobjdump", "-res-usage", f.name], capture_output=True, text=True).stdout
         sass = subprocess.run([f"{tools}/cuobjdump", "-sass", f.name], capture_output=True, text=True).stdout
+    if sass_dir is not None:
+        os.makedirs(sass_dir, exist_ok=True)
+        with open(os.path.join(sass_dir, f"{fn.__name__}.sass"), "w") as f:
+            f.write(sass)
     regs, stack, shared = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", usage).groups()
     result = {"regs": int(regs), "stack": int(stack), "shared": int(shared), "seconds": round(time.time() - start, 1)}
     result.update({op: len(re.findall(rf"\b{re.escape(op)}\b", sass)) for op in SASS_OPS})
@@ -157,6 +162,7 @@ def main():
     parser.add_argument("--backward", action="store_true")
     parser.add_argument("--bidirectional", action="store_true")
     parser.add_argument("--config", type=ast.literal_eval, default=None)
+    parser.add_argument("--sass", metavar="DIR", default=None, help="also write each kernel's SASS listing to DIR")
     opts = parser.parse_args()
     shape = tuple(int(s) for s in opts.shape.split(","))
     rank = 4 if opts.op == "scan" else 5
@@ -172,7 +178,7 @@ def main():
             continue
         seen.add(key)
         const = {k: v for k, v in kwargs.items() if k.isupper() or k.startswith("num_") or k == "maxnreg"}
-        print(f"{fn.__name__} {const}\n    {compile_launch(fn, args, kwargs)}", flush=True)
+        print(f"{fn.__name__} {const}\n    {compile_launch(fn, args, kwargs, sass_dir=opts.sass)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ Phases (``--phases``, comma separated, default all):
 only; ``--configs`` adds tilings from ``CONFIGS`` (ScanConfig fields) to the automatic one;
 ``--bwd`` picks the automatic tiling's backward (default ``seq``, ``triton_bwd_seq``; ``chunk`` is
 the time-parallel ``triton_bwd``); CONFIGS entries name their own (``c16``/``c64`` the chunk one,
-``seq*``/``*seq16`` the sequential one), so ``--configs c16,seq16`` times both in one run.
+``seq*``/``*seq16`` the sequential one), so ``--configs c16,seq16`` times both in one run;
+``--auto pf`` makes the automatic tiling (and so the check, bidirectional and big phases) use
+CONFIGS["pf"]'s fields.
 Writes ``selective_scan_<date>.json`` and ``selective_scan_<date>.png`` into ``--out``, with the
 registers and spills of every compiled scan kernel.
 ``--dry-run`` runs the same code on the CPU under ``TRITON_INTERPRET=1`` at tiny shapes.
@@ -64,9 +66,14 @@ ISSUE_TARGETS = {"fwd": {"vim_s_224": 4.0, "default": 2.0}, "fwdbwd": {"vim_s_22
                  "bidir": 1.8}
 
 # Tilings tried by the time phase: (chunk, fwd_tile, fwd_warps, bwd_vec, bwd_warps[, segments,
-# fwd_maxnreg, bwd_kind, bwd_tile]) as in triton_op.ScanConfig; "auto" is
-# triton_op.default_config (per length, backward kind from --bwd).
+# fwd_maxnreg, bwd_kind, bwd_tile, prefetch]) as in triton_op.ScanConfig, or a dict of fields
+# replaced in the automatic tiling of each length; "auto" is triton_op.default_config (per
+# length, backward kind from --bwd, with --auto's replacements).
 CONFIGS = {
+    "pf": {"prefetch": True},
+    "nopf": {"prefetch": False},
+    "pf168": {"prefetch": True, "fwd_maxnreg": 168},
+    "pf128": {"prefetch": True, "fwd_maxnreg": 128},
     "c64": (64, 8, 4, 8, 4, None, None, "chunk"),
     "c16": (16, 8, 4, 4, 4, None, None, "chunk"),
     "t16": (64, 16, 4, 8, 4),
@@ -84,13 +91,26 @@ CONFIGS = {
 BACKWARD = "--forward-only" not in sys.argv
 
 
+def resolve(spec, length):
+    """A CONFIGS entry as a ScanConfig tuple for sequences of ``length`` (None stays automatic)."""
+    if isinstance(spec, dict):
+        return dataclasses.astuple(dataclasses.replace(triton_op.default_config(length), **spec))
+    return spec
+
+
 def set_config(spec, segments=None):
-    """Use tiling ``spec`` (a CONFIGS tuple; None: automatic), with ``segments`` if given."""
+    """Use tiling ``spec`` (a ScanConfig tuple; None: automatic), with ``segments`` if given."""
     if spec is None:
         triton_op.CONFIG = None
         return
     cfg = triton_op.ScanConfig(*spec)
     triton_op.CONFIG = cfg if segments is None else dataclasses.replace(cfg, segments=segments)
+
+
+def replace_automatic(name):
+    """Make CONFIGS[name]'s replacements part of the automatic tiling, for every phase."""
+    automatic = triton_op.default_config
+    triton_op.default_config = lambda length: dataclasses.replace(automatic(length), **CONFIGS[name])
 
 
 def make_args(batch, dim, length, d_state, ndir=None, seed=0, grad=False, dtype=torch.bfloat16):
@@ -140,8 +160,11 @@ def _warm(spec, bidir, kind):
 
 
 def phase_warmup(configs, log):
-    specs = {(name, False): CONFIGS[name] for name in configs}
+    specs = {}
     for shape, _, _ in SHAPES.values():
+        for name in configs:
+            spec = resolve(CONFIGS[name], shape[2])
+            specs[(spec, False)] = spec
         spec = dataclasses.astuple(triton_op.default_config(shape[2]))
         specs[(spec, False)] = spec
         specs[(spec, True)] = spec
@@ -256,7 +279,7 @@ def phase_time(shapes, configs, log):
     for name, (shape, ref_fwd, ref_fwdbwd) in shapes.items():
         row = rows.setdefault(name, {"shape": shape, "mamba_ssm_ms": [ref_fwd, ref_fwdbwd], "configs": {}})
         auto = triton_op.default_config(shape[2])
-        tried = [("auto", None)] + [(c, CONFIGS[c]) for c in configs]
+        tried = [("auto", None)] + [(c, resolve(CONFIGS[c], shape[2])) for c in configs]
         for cname, spec in tried:
             set_config(spec)
             try:
@@ -357,12 +380,17 @@ def main():
     args.add_argument("--no-bidir", action="store_true", help="time single-direction calls only")
     args.add_argument("--bwd", choices=triton_op.BWD_KINDS, default=triton_op.BWD_KIND,
                       help="backward kernel of the automatic tiling (sets MAMBAZOO_SCAN_BWD for workers too)")
+    args.add_argument("--auto", choices=sorted(k for k, v in CONFIGS.items() if isinstance(v, dict)), default=None,
+                      help="CONFIGS entry whose replacements the automatic tiling takes, in every phase")
     opts = args.parse_args()
+    if opts.auto is not None:
+        replace_automatic(opts.auto)
     os.environ["MAMBAZOO_SCAN_BWD"] = triton_op.BWD_KIND = opts.bwd
     shapes, configs = selected(opts, SHAPES, DRY_SHAPES)
     run = Run(opts.out, "selective_scan",
               dtype="bf16 u/delta/z/B/C, fp32 A/D/delta_bias, softplus, D, z, one group",
-              floors={"exp_per_s": EXP_PER_S, "bytes_per_s": BYTES_PER_S}, configs=CONFIGS, bwd_auto=opts.bwd)
+              floors={"exp_per_s": EXP_PER_S, "bytes_per_s": BYTES_PER_S}, configs=CONFIGS, bwd_auto=opts.bwd,
+              auto_replacements=CONFIGS.get(opts.auto))
 
     def time_phase():
         rows = run.report["phases"]["time"] = phase_time(shapes, configs, run.log)

@@ -277,12 +277,44 @@ def _pow2(n: int) -> int:
     return max(2, 1 << (n - 1).bit_length())
 
 
-def _source(name: str, d_state: int, tile: int, bidir: bool) -> str:
+# With prefetching, each chunk starts by prefetching into L1 the next chunk's (in this kernel's
+# order) u, delta, dout, z rows and B/C rows: hints per 128-byte line, so that the sub-tiles' loads,
+# issued right before their use, hit L1 instead of waiting on L2/DRAM every S steps.
+PREFETCH_NEXT_CHUNK = """
+ip = tl.maximum(i - 1, i_start)
+kp = ip + direction * (n_chunks - 1 - 2 * ip)
+span = m * T
+for q in range(0, span // 32 + 2):
+    off = tl.minimum(kp * span + q * 32, L - 1)
+    _prefetch_l1(u_ptr + last_row + off)
+    _prefetch_l1(delta_ptr + last_row + off)
+    if not STATE_PASS:
+        _prefetch_l1(dout_ptr + last_zrow + off)
+        if HAS_Z:
+            _prefetch_l1(z_ptr + last_zrow + off)
+for q in range(0, (span * N_STATE) // (32 * BLOCK_D) + 2):
+    bc_off = kp * span * N_STATE + tl.minimum((q * BLOCK_D + lane) * 32, span * N_STATE - 1)
+    if not C_CONST:
+        _prefetch_l1(C_row + bc_off)
+    if not B_CONST:
+        if not STATE_PASS:
+            _prefetch_l1(B_row + bc_off)
+"""
+
+PREFETCH_SETUP = """
+    lane = tl.arange(0, BLOCK_D)
+    last_row = tl.where(dmask, x_row, x_row - offs_d64 + (dim - 1))
+    last_zrow = tl.where(dmask, z_row, z_row - offs_d64 + (dim - 1))
+"""
+
+
+def _source(name: str, d_state: int, tile: int, bidir: bool, prefetch: bool) -> str:
     src = HEADER + (f"\nN_STATE = tl.constexpr({d_state})\nNP = tl.constexpr({_pow2(d_state)})\n"
                     f"T = tl.constexpr({tile})\nLN2 = tl.constexpr(0.6931471805599453)\n"
                     f"RUNTIME_ARGS = {RUNTIME_ARGS!r}\n")
-    src += SIGNATURE.format(name=name) + SETUP + per_state(PER_STATE, d_state, 4) + "\n"
-    chunk = "i = i_start + i_end - 1 - ii\n"
+    src += SIGNATURE.format(name=name) + SETUP + (PREFETCH_SETUP if prefetch else "")
+    src += per_state(PER_STATE, d_state, 4) + "\n"
+    chunk = "i = i_start + i_end - 1 - ii\n" + (PREFETCH_NEXT_CHUNK.lstrip("\n") if prefetch else "")
     # Pass 1: the chunk's sub-tile start states into hbuf. The barriers (two per chunk) order
     # hbuf's writes and reads between threads too, in case Triton maps a channel to different
     # (or replicated) threads in the two passes.
@@ -320,8 +352,9 @@ def _source(name: str, d_state: int, tile: int, bidir: bool) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def seq_backward_kernel(d_state: int, tile: int, bidir: bool):
+def seq_backward_kernel(d_state: int, tile: int, bidir: bool, prefetch: bool = False):
     """The sequential backward kernel: ``d_state`` states per thread, sub-tiles of ``tile`` steps,
-    and with ``bidir`` grid axis 2 = direction x segment."""
-    name = f"ss_bwd_seq_n{d_state}_t{tile}_{'bi' if bidir else 'uni'}"
-    return load_generated(name, _source(name, d_state, tile, bidir))
+    with ``bidir`` grid axis 2 = direction x segment, with ``prefetch`` each chunk prefetching the
+    next one's operands into L1."""
+    name = f"ss_bwd_seq_n{d_state}_t{tile}_{'bi' if bidir else 'uni'}{'_pf' if prefetch else ''}"
+    return load_generated(name, _source(name, d_state, tile, bidir, prefetch))

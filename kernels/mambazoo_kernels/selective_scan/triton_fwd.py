@@ -93,6 +93,7 @@ import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)
+INTERPRET = tl.constexpr(__import__("os").environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 @triton.jit
@@ -123,6 +124,15 @@ def _sum(x, axis: tl.constexpr):
 @triton.jit
 def _sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _prefetch_l1(ptrs):
+    # A hint: bring the lines holding ``ptrs`` into L1 without waiting for them (no registers held).
+    # The interpreter has no inline assembly; a hint changes no result, so it is skipped there.
+    if not INTERPRET:
+        tl.inline_asm_elementwise("prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs],
+                                  dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -444,6 +454,44 @@ SEQ_TILE_LOAD = """
         mn = dmask[:, None] & ((tn < L) & (i + 1 < i_end))[None, :]
         u_next = tl.load(u_ptr + x_row[:, None] + tn[None, :], mask=mn, other=0.0)
         pre_next = tl.load(delta_ptr + x_row[:, None] + tn[None, :], mask=mn, other=0.0)
+"""
+
+# With prefetching, a tile's u and delta are loaded where they are used and the NEXT tile's u,
+# delta, z and B/C rows are prefetched into L1 (a hint per 128-byte line: no registers held, no
+# wait), so the loads of the steps and of the output hit L1.
+SEQ_TILE_PREFETCH = """
+    dt_sum = tl.full([BLOCK_D], 0.0, tl.float32)
+    lane = tl.arange(0, BLOCK_D)
+    last_row = tl.where(dmask, x_row, x_row - offs_d64 + (dim - 1))
+    last_zrow = tl.where(dmask, z_row, z_row - offs_d64 + (dim - 1))
+    for i in range(i_start, i_end):
+        k = i + direction * (n_tiles - 1 - 2 * i)
+        tile_t = k * T + rev0
+        t = k * T + cols
+        m2 = dmask[:, None] & (t < L)[None, :]
+        u = tl.load(u_ptr + x_row[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
+        pre = tl.load(delta_ptr + x_row[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
+        kn = tl.minimum(tl.maximum(k + sgn, 0), n_tiles - 1)
+        first = tl.minimum(kn * T, L - 1)
+        end = tl.minimum(kn * T + T - 1, L - 1)
+        _prefetch_l1(u_ptr + last_row + first)
+        _prefetch_l1(u_ptr + last_row + end)
+        _prefetch_l1(delta_ptr + last_row + first)
+        _prefetch_l1(delta_ptr + last_row + end)
+        if HAS_Z:
+            _prefetch_l1(z_ptr + last_zrow + first)
+            _prefetch_l1(z_ptr + last_zrow + end)
+        # a tile's B (or C) rows span T * N fp32: points 32 floats apart plus the last one touch
+        # every 128-byte line of the span
+        bc_offs = kn * T * N_STATE + tl.minimum(lane * 32, T * N_STATE - 1)
+        if not B_CONST:
+            _prefetch_l1(B_row + bc_offs)
+        if not C_CONST:
+            if not STATE_PASS:
+                _prefetch_l1(C_row + bc_offs)
+"""
+
+SEQ_CKPT = """
         if store_ckpt != 0:
             if i % ck_tiles == 0:
                 ic = i // ck_tiles
@@ -503,11 +551,12 @@ def _processing_order(prefix: str, tile: int, bidir: bool) -> str:
                    for j in range(tile))
 
 
-def _seq_fwd_source(name: str, d_state: int, tile: int, bidir: bool) -> str:
+def _seq_fwd_source(name: str, d_state: int, tile: int, bidir: bool, prefetch: bool) -> str:
     src = HEADER + (f"\nN_STATE = tl.constexpr({d_state})\nT = tl.constexpr({tile})\n"
                     f"SEQ_RUNTIME_ARGS = {SEQ_RUNTIME_ARGS!r}\n")
     src += SEQ_SIGNATURE.format(name=name) + SEQ_SETUP + per_state(SEQ_PER_STATE, d_state, 4) + "\n"
-    src += SEQ_TILE_LOAD + per_state(SEQ_CKPT_STORE, d_state, 16) + "\n" + SEQ_DT
+    src += (SEQ_TILE_PREFETCH if prefetch else SEQ_TILE_LOAD) + SEQ_CKPT
+    src += per_state(SEQ_CKPT_STORE, d_state, 16) + "\n" + SEQ_DT
     split = column_split("dt", [f"dtm_{j}" for j in range(tile)], "_dt") + _processing_order("dt", tile, bidir)
     split += column_split("dtu", [f"dtum_{j}" for j in range(tile)], "_du") + _processing_order("dtu", tile, bidir)
     src += textwrap.indent(split, " " * 8)
@@ -523,11 +572,12 @@ def _seq_fwd_source(name: str, d_state: int, tile: int, bidir: bool) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def seq_forward_kernel(d_state: int, tile: int, bidir: bool):
-    """The sequential forward kernel: ``d_state`` states per thread, tiles of ``tile`` steps, and
-    with ``bidir`` grid axis 2 = direction x segment."""
-    name = f"ss_fwd_seq_n{d_state}_t{tile}_{'bi' if bidir else 'uni'}"
-    return load_generated(name, _seq_fwd_source(name, d_state, tile, bidir))
+def seq_forward_kernel(d_state: int, tile: int, bidir: bool, prefetch: bool = False):
+    """The sequential forward kernel: ``d_state`` states per thread, tiles of ``tile`` steps,
+    with ``bidir`` grid axis 2 = direction x segment, with ``prefetch`` the next tile's operands
+    prefetched into L1 instead of loaded into registers one tile ahead."""
+    name = f"ss_fwd_seq_n{d_state}_t{tile}_{'bi' if bidir else 'uni'}{'_pf' if prefetch else ''}"
+    return load_generated(name, _seq_fwd_source(name, d_state, tile, bidir, prefetch))
 
 
 @triton.jit

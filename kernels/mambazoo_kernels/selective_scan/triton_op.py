@@ -55,6 +55,7 @@ class ScanConfig:
     fwd_maxnreg: Optional[int] = None  # register cap of the forward kernel (None: the compiler's choice)
     bwd_kind: str = "seq"
     bwd_tile: int = 2
+    prefetch: bool = False  # sequential kernels: prefetch the next tile's / chunk's operands into L1
 
     def __post_init__(self):
         if self.bwd_kind not in BWD_KINDS:
@@ -241,7 +242,7 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus, scale, need_ckpt, need
     seg = torch.empty((ndir, batch, dim, n_segs, d_state), **f32) if n_segs > 1 else h_final
     segdt = torch.empty((ndir, batch, dim, n_segs), **f32) if n_segs > 1 else h_final
     Bk, Ck = _stage_bc(B, b_const, n_tiles * tile), _stage_bc(C, c_const, n_tiles * tile)
-    kernel = seq_forward_kernel(d_state, tile, bidir)
+    kernel = seq_forward_kernel(d_state, tile, bidir, cfg.prefetch)
 
     def launch(state_pass, init, store_ckpt, store_ypre):
         _launcher(kernel, "fwd_state" if state_pass else "fwd", (n_blocks, batch, ndir * n_segs))(
@@ -314,7 +315,7 @@ def _backward(u, delta, A, B, C, D, z, bias, saved: _Saved, dout, dh_final, soft
         n_chunks = triton_cdiv(length, chunk)
         Bk, Ck = _stage_bc(B, b_const, n_chunks * chunk), _stage_bc(C, c_const, n_chunks * chunk)
         hbuf = torch.empty((n_blocks * batch * ndir * n_segs, chunk // sub, d_state, block_d), **f32)
-        kernel = seq_backward_kernel(d_state, sub, bidir)
+        kernel = seq_backward_kernel(d_state, sub, bidir, cfg.prefetch)
     else:
         kernel = chunk_backward_kernel(d_state, bidir, cfg.bwd_vec)
 

@@ -110,7 +110,12 @@ def compile_launch(fn, args, kwargs, arch=90, sass_dir=None):
     return result
 
 
-def scan_call(shape, backward, bidirectional, config):
+def channel_last_view(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (..., dim, L) as a view of (..., L, dim) memory (what a Mamba mixer's linear layers give)."""
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+def scan_call(shape, backward, bidirectional, config, channel_last=False):
     from mambazoo_kernels.selective_scan import triton_op
 
     if config is not None:
@@ -122,6 +127,8 @@ def scan_call(shape, backward, bidirectional, config):
     args = (u, torch.randn_like(u), -torch.rand(*lead, dim, d_state), torch.randn(*lead, batch, d_state, length, **bf16),
             torch.randn(*lead, batch, d_state, length, **bf16), torch.ones(*lead, dim),
             torch.randn(batch, dim, length, **bf16), torch.zeros(*lead, dim), None)
+    if channel_last:
+        args = tuple(channel_last_view(a) if i in (0, 1, 6) else a for i, a in enumerate(args))
 
     def call():
         out, final, ckpt, ypre, segdt = triton_op.scan_forward(*args, True, 0.5, bidirectional, backward)
@@ -162,14 +169,18 @@ def main():
     parser.add_argument("--backward", action="store_true")
     parser.add_argument("--bidirectional", action="store_true")
     parser.add_argument("--config", type=ast.literal_eval, default=None)
+    parser.add_argument("--channel-last", action="store_true", help="scan: u/delta/z as channel-last views")
     parser.add_argument("--sass", metavar="DIR", default=None, help="also write each kernel's SASS listing to DIR")
     opts = parser.parse_args()
     shape = tuple(int(s) for s in opts.shape.split(","))
     rank = 4 if opts.op == "scan" else 5
     if len(shape) != rank:
         parser.error(f"--shape for {opts.op} needs {rank} comma-separated sizes, got {opts.shape!r}")
-    make = scan_call if opts.op == "scan" else ssd_call
-    launches = record_launches(make(shape, opts.backward, opts.bidirectional, opts.config))
+    if opts.op == "scan":
+        call = scan_call(shape, opts.backward, opts.bidirectional, opts.config, opts.channel_last)
+    else:
+        call = ssd_call(shape, opts.backward, opts.bidirectional, opts.config)
+    launches = record_launches(call)
     print(f"triton {triton.__version__}, {len(launches)} launches")
     seen = set()
     for fn, args, kwargs in launches:

@@ -24,8 +24,8 @@ only; ``--configs`` adds tilings from ``CONFIGS`` (ScanConfig fields) to the aut
 ``--bwd`` picks the automatic tiling's backward (default ``seq``, ``triton_bwd_seq``; ``chunk`` is
 the time-parallel ``triton_bwd``); CONFIGS entries name their own (``c16``/``c64`` the chunk one,
 ``seq*``/``*seq16`` the sequential one), so ``--configs c16,seq16`` times both in one run;
-``--auto pf`` makes the automatic tiling (and so the check, bidirectional and big phases) use
-CONFIGS["pf"]'s fields.
+``--auto r168a`` makes the automatic tiling (and so the check, bidirectional and big phases) use
+CONFIGS["r168a"]'s fields; ``--channel-last`` passes u/delta/z/B/C as channel-last views.
 Writes ``selective_scan_<date>.json`` and ``selective_scan_<date>.png`` into ``--out``, with the
 registers and spills of every compiled scan kernel.
 ``--dry-run`` runs the same code on the CPU under ``TRITON_INTERPRET=1`` at tiny shapes.
@@ -70,10 +70,7 @@ ISSUE_TARGETS = {"fwd": {"vim_s_224": 4.0, "default": 2.0}, "fwdbwd": {"vim_s_22
 # replaced in the automatic tiling of each length; "auto" is triton_op.default_config (per
 # length, backward kind from --bwd, with --auto's replacements).
 CONFIGS = {
-    "pf": {"prefetch": True},
-    "nopf": {"prefetch": False},
-    "pf168": {"prefetch": True, "fwd_maxnreg": 168},
-    "pf128": {"prefetch": True, "fwd_maxnreg": 128},
+    "r168a": {"fwd_maxnreg": 168},
     "c64": (64, 8, 4, 8, 4, None, None, "chunk"),
     "c16": (16, 8, 4, 4, 4, None, None, "chunk"),
     "t16": (64, 16, 4, 8, 4),
@@ -89,6 +86,9 @@ CONFIGS = {
     "w1t16seq16": (16, 16, 1, 4, 4, None, None, "seq", 2),
 }
 BACKWARD = "--forward-only" not in sys.argv
+# u, delta, z, B and C as channel-last views ((batch, L, dim) memory), as a Mamba mixer's linear
+# layers produce them; mamba_ssm's kernel needs time-contiguous ones (FACTS.md's times).
+CHANNEL_LAST = "--channel-last" in sys.argv
 
 
 def resolve(spec, length):
@@ -134,6 +134,9 @@ def make_args(batch, dim, length, d_state, ndir=None, seed=0, grad=False, dtype=
         delta_bias=torch.log(torch.expm1(dt0)),
         delta_softplus=True,
     )
+    if CHANNEL_LAST:
+        for name in ("u", "delta", "z", "B", "C"):
+            args[name] = args[name].transpose(-1, -2).contiguous().transpose(-1, -2)
     if grad:
         for k, v in args.items():
             if isinstance(v, torch.Tensor):
@@ -378,6 +381,8 @@ def main():
     args = parser(__doc__, "warmup,check,time,big", CONFIGS, SHAPES)
     args.add_argument("--forward-only", action="store_true", help="no backward compile, check or timing")
     args.add_argument("--no-bidir", action="store_true", help="time single-direction calls only")
+    args.add_argument("--channel-last", action="store_true",
+                      help="u/delta/z/B/C as channel-last views (what the mixers pass); file tag 'cl'")
     args.add_argument("--bwd", choices=triton_op.BWD_KINDS, default=triton_op.BWD_KIND,
                       help="backward kernel of the automatic tiling (sets MAMBAZOO_SCAN_BWD for workers too)")
     args.add_argument("--auto", choices=sorted(k for k, v in CONFIGS.items() if isinstance(v, dict)), default=None,
@@ -387,7 +392,7 @@ def main():
         replace_automatic(opts.auto)
     os.environ["MAMBAZOO_SCAN_BWD"] = triton_op.BWD_KIND = opts.bwd
     shapes, configs = selected(opts, SHAPES, DRY_SHAPES)
-    run = Run(opts.out, "selective_scan",
+    run = Run(opts.out, "selective_scan", tag="cl" if CHANNEL_LAST else "", channel_last=CHANNEL_LAST,
               dtype="bf16 u/delta/z/B/C, fp32 A/D/delta_bias, softplus, D, z, one group",
               floors={"exp_per_s": EXP_PER_S, "bytes_per_s": BYTES_PER_S}, configs=CONFIGS, bwd_auto=opts.bwd,
               auto_replacements=CONFIGS.get(opts.auto))

@@ -82,14 +82,16 @@ def _grads_fake(inputs: Sequence[Optional[Tensor]]) -> Tuple[Tensor, ...]:
     return tuple(_placeholder(like) if t is None else t.new_empty(t.shape) for t in inputs)
 
 
-def _register_scan_autograd(forward_op, backward_op, n_grad_inputs: int, n_saved_inputs: int = 0) -> None:
+def _register_scan_autograd(forward_op, backward_op, n_grad_inputs: int, n_saved_inputs: int = 0,
+                            grads_fake: Callable = None) -> None:
     """Autograd of a scan op (selective scan, SSD): save the inputs and the stored outputs, call the
     backward op; and the backward op's fake implementation.
 
     ``forward_op``'s inputs are ``n_grad_inputs`` differentiable tensors (``None`` allowed),
     ``n_saved_inputs`` tensors without gradient that the backward reads (the SSD's ``seq_idx``),
     then flags, the last being ``save_for_backward``; it returns ``(out, final_state, *saved)``.
-    ``backward_op`` takes ``(dout, dfinal_state, *tensor inputs, *saved, *flags but the last)``.
+    ``backward_op`` takes ``(dout, dfinal_state, *tensor inputs, *saved, *flags but the last)``;
+    ``grads_fake(inputs)`` (default: contiguous gradients) gets those tensor inputs and flags.
     """
     n_tensors = n_grad_inputs + n_saved_inputs
 
@@ -105,7 +107,7 @@ def _register_scan_autograd(forward_op, backward_op, n_grad_inputs: int, n_saved
                 *(None,) * (n_saved_inputs + len(ctx.flags) + 1))
 
     forward_op.register_autograd(backward, setup_context=setup_context)
-    backward_op.register_fake(lambda dout, dfinal_state, *inputs: _grads_fake(inputs[:n_grad_inputs]))
+    backward_op.register_fake(grads_fake or (lambda dout, dfinal_state, *inputs: _grads_fake(inputs[:n_grad_inputs])))
 
 
 # --- selective scan ------------------------------------------------------------------------------
@@ -137,18 +139,34 @@ def _scan_forward(bidirectional, average, inputs, softplus, use_triton, save):
     return out, state, _placeholder(u, f32), _placeholder(u), _placeholder(u, f32)
 
 
+def channel_last(*tensors: Optional[Tensor]) -> bool:
+    """Whether every given ``(..., dim, L)`` tensor is a channel-last view (``stride(-2) == 1``:
+    ``(..., L, dim)`` memory, what linear layers produce). The Triton scan reads u/delta/z in place
+    then and writes its output (and bidirectional ``ypre``) channel-last too."""
+    return all(t is None or (t.stride(-2) == 1 and t.shape[-2] > 1) for t in tensors)
+
+
+def new_scan_output(like: Tensor, shape: Sequence[int], channel_last_layout: bool) -> Tensor:
+    """An empty ``(..., dim, L)`` tensor in time-contiguous or channel-last memory."""
+    if channel_last_layout:
+        return like.new_empty((*shape[:-2], shape[-1], shape[-2])).transpose(-1, -2)
+    return like.new_empty(tuple(shape))
+
+
 def _scan_forward_fake(bidirectional, inputs, use_triton, save):
     u, delta, A, B, C, D, z = inputs[:7]
     lead = u.shape[:-3]
     batch, dim, length = u.shape[-3:]
-    out = u.new_empty((batch, dim, length))
+    cl = use_triton and channel_last(u, delta, z)
+    out = new_scan_output(u, (batch, dim, length), cl)
     state = u.new_empty((*lead, batch, dim, A.shape[-1]), dtype=torch.promote_types(u.dtype, torch.float32))
     if use_triton:
         ckpt, ypre, segdt = _triton_scan().saved_shapes(u, delta, A, B, C, z, bidirectional, save)
     else:
         ckpt = ypre = segdt = (0,)
     f32 = torch.float32
-    return out, state, u.new_empty(ckpt, dtype=f32), u.new_empty(ypre), u.new_empty(segdt, dtype=f32)
+    ypre = new_scan_output(u, ypre, cl) if len(ypre) == 3 else u.new_empty(ypre)
+    return out, state, u.new_empty(ckpt, dtype=f32), ypre, u.new_empty(segdt, dtype=f32)
 
 
 def _scan_backward(bidirectional, average, dout, dstate, inputs, saved, softplus, use_triton):
@@ -223,8 +241,18 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, averag
     return _scan_forward_fake(True, (u, delta, A, B, C, D, z), use_triton, save_for_backward)
 
 
-_register_scan_autograd(selective_scan_op, selective_scan_backward_op, len(SCAN_INPUTS))
-_register_scan_autograd(bidirectional_selective_scan_op, bidirectional_selective_scan_backward_op, len(SCAN_INPUTS))
+def _scan_grads_fake(dout, dfinal_state, *inputs):
+    """The Triton backward gives channel-last gradients of channel-last u, delta and z."""
+    grads = _grads_fake(inputs[:len(SCAN_INPUTS)])
+    u, delta, z, use_triton = inputs[0], inputs[1], inputs[6], inputs[-1]
+    if not (use_triton and channel_last(u, delta, z)):
+        return grads
+    return tuple(new_scan_output(g, g.shape, True) if i in (0, 1, 6) and g.dim() >= 3 else g for i, g in enumerate(grads))
+
+
+_register_scan_autograd(selective_scan_op, selective_scan_backward_op, len(SCAN_INPUTS), grads_fake=_scan_grads_fake)
+_register_scan_autograd(bidirectional_selective_scan_op, bidirectional_selective_scan_backward_op, len(SCAN_INPUTS),
+                        grads_fake=_scan_grads_fake)
 
 
 # --- causal conv1d -------------------------------------------------------------------------------
@@ -262,7 +290,7 @@ def causal_conv1d_backward_op(dout: Tensor, x: Tensor, weight: Tensor, bias: Opt
 
 @causal_conv1d_op.register_fake
 def _(x, weight, bias, silu, reverse, use_triton):
-    return x.new_empty(x.shape)
+    return new_scan_output(x, x.shape, use_triton and channel_last(x))
 
 
 @causal_conv1d_backward_op.register_fake

@@ -10,7 +10,7 @@ Layouts: the mixers take and return ``(batch, length, d_model)``; inside, channe
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Set, Tuple, Union
+from typing import NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
 from mambazoo_kernels import (
-    bidirectional_selective_scan, causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update,
+    bidirectional_selective_scan, causal_conv1d, causal_conv1d_update, channel_last, selective_scan,
+    selective_state_update,
 )
 
 __all__ = ["MambaMixer", "BidirectionalMambaMixer"]
@@ -241,6 +242,13 @@ class MambaMixer(nn.Module):
         return f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}"
 
 
+def _stack_keeping_layout(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` that keeps channel-last ``(..., dim, L)`` views channel-last."""
+    if tensors[0].dim() >= 3 and channel_last(*tensors):
+        return torch.stack([t.transpose(-1, -2) for t in tensors]).transpose(-1, -2)
+    return torch.stack(tensors)
+
+
 @register_notrace_module
 class BidirectionalMambaMixer(MambaMixer):
     """Vim's bidirectional "v2" mixer: one scan left to right, one right to left.
@@ -265,7 +273,9 @@ class BidirectionalMambaMixer(MambaMixer):
 
     def _mix(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         scans = [self._direction_inputs(x, names, reverse=index == 1) for index, names in enumerate(self.directions)]
-        stacked = ScanInputs(*(torch.stack(per_direction) for per_direction in zip(*scans)))
+        # stacked along a new first axis, u and delta stay channel-last views (as the linear
+        # layers and the conv give them), which the Triton scan reads in place
+        stacked = ScanInputs(*(_stack_keeping_layout(per_direction) for per_direction in zip(*scans)))
         return bidirectional_selective_scan(**stacked._asdict(), z=z, delta_softplus=True, average=self.average)
 
     def extra_repr(self) -> str:

@@ -87,11 +87,21 @@ def test_opcheck_bidirectional_reference(average, full):
     torch.library.opcheck(ops.bidirectional_selective_scan.default, op_args(args, True, average, False, False))
 
 
+def channel_last_view(t):
+    """``t`` (..., dim, L) as a view of (..., L, dim) memory, as a Mamba mixer's linear layers give it."""
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+@pytest.mark.parametrize("channel_last", [False, True])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_opcheck_triton_scan(bidirectional):
-    """The Triton path (interpreter): the fake implementation's saved-tensor shapes match."""
+def test_opcheck_triton_scan(bidirectional, channel_last):
+    """The Triton path (interpreter): the fake implementation's saved-tensor shapes match, and with
+    channel-last u/delta/z the channel-last strides of the output, ypre and the gradients."""
     prefix = (2,) if bidirectional else ()
-    args = with_grad(scan_inputs(prefix=prefix, length=20, bc="token", dtype=torch.float32, seed=3))
+    args = scan_inputs(prefix=prefix, length=20, bc="token", dtype=torch.float32, seed=3)
+    if channel_last:
+        args.update({name: channel_last_view(args[name]) for name in ("u", "delta", "z")})
+    args = with_grad(args)
     if bidirectional:
         op, flags = ops.bidirectional_selective_scan.default, (True, True, True, True)
     else:
@@ -100,10 +110,12 @@ def test_opcheck_triton_scan(bidirectional):
 
 
 @pytest.mark.parametrize("use_triton", [False, True])
-@pytest.mark.parametrize("with_bias,silu,reverse", [(True, True, False), (False, False, True)])
-def test_opcheck_causal_conv1d(use_triton, with_bias, silu, reverse):
+@pytest.mark.parametrize("with_bias,silu,reverse,channel_last", [(True, True, False, False), (False, False, True, False),
+                                                                 (True, True, True, True)])
+def test_opcheck_causal_conv1d(use_triton, with_bias, silu, reverse, channel_last):
     dtype = torch.float32 if use_triton else torch.float64
-    x = torch.randn(2, 5, 11, dtype=dtype, requires_grad=True)
+    x = torch.randn(2, 5, 11, dtype=dtype)
+    x = (channel_last_view(x) if channel_last else x).requires_grad_()
     weight = torch.randn(5, 4, dtype=dtype, requires_grad=True)
     bias = torch.randn(5, dtype=dtype, requires_grad=True) if with_bias else None
     torch.library.opcheck(ops.causal_conv1d.default, (x, weight, bias, silu, reverse, use_triton))

@@ -108,16 +108,6 @@ def test_segmented_long_sequence_path(config, bwd_kind):
     check_against_oracle(args, 2e-5, 1e-4)
 
 
-@pytest.mark.parametrize("segments", [None, 3])
-def test_prefetching_kernels_match_float64_oracle(config, segments):
-    # ScanConfig.prefetch: the forward loads each tile where it is used and prefetches the next one,
-    # the backward prefetches the next chunk (the hints themselves are no-ops in the interpreter;
-    # the loads they replace, and the addresses, run here).
-    args = make_inputs(2, 6, 50, 4, "grouped", 3, dtype=torch.float32, with_state=True, seed=5)
-    config(length=50, prefetch=True, segments=segments, bwd_kind="seq")
-    check_against_oracle(args, 2e-5, 1e-4)
-
-
 @pytest.mark.parametrize("batch,dim,length,segmented", [
     (128, 768, 197, False),  # Vim-S 224: 3,072 one-warp programs, about 3 waves already
     (32, 768, 785, False),

@@ -7,6 +7,8 @@ from typing import Optional
 
 import torch
 
+from .._library import channel_last, new_scan_output
+
 from .triton_bwd import conv_backward_kernel
 from .triton_fwd import conv_forward_kernel
 
@@ -36,9 +38,11 @@ def _flags(weight, bias, silu, reverse):
 
 
 def conv_forward(x, weight, bias, silu: bool, reverse: bool) -> torch.Tensor:
-    """``(batch, dim, L)`` x, ``(dim, W)`` weight -> contiguous ``(batch, dim, L)`` in ``x``'s dtype."""
+    """``(batch, dim, L)`` x, ``(dim, W)`` weight -> ``(batch, dim, L)`` in ``x``'s dtype, dense and
+    channel-last when ``x`` is a channel-last view (the mixer's scan then reads it in place), else
+    contiguous."""
     weight = weight.contiguous()
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out = new_scan_output(x, x.shape, channel_last(x))
     conv_forward_kernel[_grid(x)](
         x, weight, weight if bias is None else bias.contiguous(), out, x.shape[1], x.shape[2],
         *x.stride(), *out.stride(), **_flags(weight, bias, silu, reverse),

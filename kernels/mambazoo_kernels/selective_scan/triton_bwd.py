@@ -97,6 +97,7 @@ def _chunk_start(vec: int) -> str:
     return """
         ck = (row * n_tiles + k) * N_STATE
         zoffs = z_row[:, None] + t[None, :]
+        ooffs = zoffs
 """ + tile_load("go", "dout_ptr + z_row[:, None] + (tp + sgn * @j)", piece_mask, vec, 8) + """
         if HAS_Z:
 """ + tile_load("zv", "z_ptr + z_row[:, None] + (tp + sgn * @j)", piece_mask, vec, 12) + """
@@ -134,20 +135,21 @@ if HAS_Z:
     dsilu = sz * (1.0 + zv * (1.0 - sz))
     if HAS_D:
         y += Dv[:, None] * u
-    tl.store(dz_ptr + zoffs, (go * y * dsilu).to(dz_ptr.dtype.element_ty), mask=m2)
+    tl.store(dz_ptr + ooffs, (go * y * dsilu).to(dz_ptr.dtype.element_ty), mask=m2)
 """
 
 DZ_BIDIR = """
 if HAS_Z:
     dsilu = sz * (1.0 + zv * (1.0 - sz))
     if direction == 0:
-        yp = tl.load(ypre_ptr + zoffs, mask=m2, other=0.0).to(tl.float32)
-        tl.store(dz_ptr + zoffs, (go * yp * dsilu).to(dz_ptr.dtype.element_ty), mask=m2)
+        yp = tl.load(ypre_ptr + ooffs, mask=m2, other=0.0).to(tl.float32)
+        tl.store(dz_ptr + ooffs, (go * yp * dsilu).to(dz_ptr.dtype.element_ty), mask=m2)
 """
 
 
 def dz_code(bidir: bool, indent: int) -> str:
-    """The dz lines of a tile (``DZ_BIDIR`` or ``DZ_SINGLE``) indented by ``indent`` spaces."""
+    """The dz lines of a tile (``DZ_BIDIR`` or ``DZ_SINGLE``) indented by ``indent`` spaces; dz and
+    ypre are laid out like dout (offsets ``ooffs``)."""
     return textwrap.indent((DZ_BIDIR if bidir else DZ_SINGLE).strip("\n") + "\n", " " * indent)
 
 

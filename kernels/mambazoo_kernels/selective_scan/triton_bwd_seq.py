@@ -67,8 +67,8 @@ import functools
 import textwrap
 
 from .triton_bwd import dz_code
-from .triton_fwd import (DT_FROM_PRE, HEADER, PROGRAM_ROWS, _bc_step_loads, column_join, column_split, load_generated,
-                         per_state)
+from .triton_fwd import (DT_FROM_PRE, HEADER, PROGRAM_ROWS, _bc_step_loads, _time, column_join, column_split,
+                         load_generated, per_state)
 
 SIGNATURE = """
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
@@ -76,12 +76,31 @@ def {name}(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, dout_ptr, init_ptr, ypre_ptr,
     hbuf_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, seg_ptr,
     batch, dim, L, Lp, cpg_B, cpg_C, scale, n_segs, seg_chunks, n_chunks, m, has_init,
+    su_dir, su_b, su_t, sd_dir, sd_b, sd_t, sz_b, sz_t, so_b, so_t, sg_dir, sg_b, sg_t,
     BLOCK_D: tl.constexpr, B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STATE_PASS: tl.constexpr,
 ):
 """
 
-RUNTIME_ARGS = ["batch", "dim", "L", "Lp", "cpg_B", "cpg_C", "n_segs", "seg_chunks", "n_chunks", "m", "has_init"]
+RUNTIME_ARGS = ["batch", "dim", "L", "Lp", "cpg_B", "cpg_C", "n_segs", "seg_chunks", "n_chunks", "m", "has_init",
+                "su_dir", "su_b", "su_t", "sd_dir", "sd_b", "sd_t", "sz_b", "sz_t", "so_b", "so_t", "sg_dir", "sg_b",
+                "sg_t"]
+
+# Row bases as in the forward (``triton_fwd.ROWS_*``); dout, ypre and dz share ``o_row``, du and
+# ddelta ``g_row`` (the launcher allocates the gradients dense).
+ROWS_TIME_CONTIGUOUS = """
+    u_row = x_row
+    d_row = x_row
+    g_row = x_row
+    o_row = z_row
+"""
+ROWS_CHANNEL_LAST = """
+    u_row = dir64 * su_dir + pid_b * su_b + offs_d64
+    d_row = dir64 * sd_dir + pid_b * sd_b + offs_d64
+    g_row = dir64 * sg_dir + pid_b * sg_b + offs_d64
+    z_row = pid_b * sz_b + offs_d64
+    o_row = pid_b * so_b + offs_d64
+"""
 
 SETUP = PROGRAM_ROWS + """
     blk_row = (dir64 * batch + pid_b) * tl.num_programs(0) + pid_d
@@ -121,23 +140,26 @@ PER_STATE = """
         dCc_@n = tl.full([BLOCK_D], 0.0, tl.float32)
 """
 
-# Sub-tile s (processing order inside chunk i) is memory tile kt; its u/delta tile with bias and
-# softplus; padded steps (t >= L) get dt = 0, an identity step.
-TILE = """
+def _tile(cl: bool) -> str:
+    """Sub-tile s (processing order inside chunk i) is memory tile kt; its u/delta tile with bias and
+    softplus; padded steps (t >= L) get dt = 0, an identity step."""
+    return f"""
 pt = i * m + s
 kt = pt + direction * (n_tiles - 1 - 2 * pt)
 tile_t = kt * T + rev0
 t = kt * T + cols
 m2 = dmask[:, None] & (t < L)[None, :]
-offs = x_row[:, None] + t[None, :]
-u = tl.load(u_ptr + offs, mask=m2, other=0.0).to(tl.float32)
-pre = tl.load(delta_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+u = tl.load(u_ptr + u_row[:, None] + {_time("t", "su_t", cl)}, mask=m2, other=0.0).to(tl.float32)
+pre = tl.load(delta_ptr + d_row[:, None] + {_time("t", "sd_t", cl)}, mask=m2, other=0.0).to(tl.float32)
 """ + DT_FROM_PRE
 
-# dy (gated dout) and the mask-and-softplus-derivative factor of ddelta, as tiles.
-TILE_GRAD = """
-zoffs = z_row[:, None] + t[None, :]
-go = tl.load(dout_ptr + zoffs, mask=m2, other=0.0).to(tl.float32)
+
+def _tile_grad(cl: bool) -> str:
+    """dy (gated dout) and the mask-and-softplus-derivative factor of ddelta, as tiles."""
+    return f"""
+zoffs = z_row[:, None] + {_time("t", "sz_t", cl)}
+ooffs = o_row[:, None] + {_time("t", "so_t", cl)}
+go = tl.load(dout_ptr + ooffs, mask=m2, other=0.0).to(tl.float32)
 if HAS_Z:
     zv = tl.load(z_ptr + zoffs, mask=m2, other=0.0).to(tl.float32)
     sz = _sigmoid(zv)
@@ -150,8 +172,10 @@ else:
     dpre = tl.where(m2, 1.0, 0.0)
 """
 
-# After the adjoint steps: du, ddelta (and dz) from the joined per-step channel sums.
-TILE_END = """
+
+def _tile_end(cl: bool) -> str:
+    """After the adjoint steps: du, ddelta (and dz) from the joined per-step channel sums."""
+    return f"""
 if HAS_D:
     du = dt * gB + dy * Dv[:, None]
     dD_acc += dy * u
@@ -159,8 +183,9 @@ else:
     du = dt * gB
 ddelta = (u * gB + Agh * LN2) * dpre
 db_acc += ddelta
-tl.store(du_ptr + offs, du.to(du_ptr.dtype.element_ty), mask=m2)
-tl.store(ddelta_ptr + offs, ddelta.to(ddelta_ptr.dtype.element_ty), mask=m2)
+goffs = g_row[:, None] + {_time("t", "sg_t", cl)}
+tl.store(du_ptr + goffs, du.to(du_ptr.dtype.element_ty), mask=m2)
+tl.store(ddelta_ptr + goffs, ddelta.to(ddelta_ptr.dtype.element_ty), mask=m2)
 """
 
 FINAL = """
@@ -277,44 +302,13 @@ def _pow2(n: int) -> int:
     return max(2, 1 << (n - 1).bit_length())
 
 
-# With prefetching, each chunk starts by prefetching into L1 the next chunk's (in this kernel's
-# order) u, delta, dout, z rows and B/C rows: hints per 128-byte line, so that the sub-tiles' loads,
-# issued right before their use, hit L1 instead of waiting on L2/DRAM every S steps.
-PREFETCH_NEXT_CHUNK = """
-ip = tl.maximum(i - 1, i_start)
-kp = ip + direction * (n_chunks - 1 - 2 * ip)
-span = m * T
-for q in range(0, span // 32 + 2):
-    off = tl.minimum(kp * span + q * 32, L - 1)
-    _prefetch_l1(u_ptr + last_row + off)
-    _prefetch_l1(delta_ptr + last_row + off)
-    if not STATE_PASS:
-        _prefetch_l1(dout_ptr + last_zrow + off)
-        if HAS_Z:
-            _prefetch_l1(z_ptr + last_zrow + off)
-for q in range(0, (span * N_STATE) // (32 * BLOCK_D) + 2):
-    bc_off = kp * span * N_STATE + tl.minimum((q * BLOCK_D + lane) * 32, span * N_STATE - 1)
-    if not C_CONST:
-        _prefetch_l1(C_row + bc_off)
-    if not B_CONST:
-        if not STATE_PASS:
-            _prefetch_l1(B_row + bc_off)
-"""
-
-PREFETCH_SETUP = """
-    lane = tl.arange(0, BLOCK_D)
-    last_row = tl.where(dmask, x_row, x_row - offs_d64 + (dim - 1))
-    last_zrow = tl.where(dmask, z_row, z_row - offs_d64 + (dim - 1))
-"""
-
-
-def _source(name: str, d_state: int, tile: int, bidir: bool, prefetch: bool) -> str:
+def _source(name: str, d_state: int, tile: int, bidir: bool, cl: bool) -> str:
     src = HEADER + (f"\nN_STATE = tl.constexpr({d_state})\nNP = tl.constexpr({_pow2(d_state)})\n"
                     f"T = tl.constexpr({tile})\nLN2 = tl.constexpr(0.6931471805599453)\n"
                     f"RUNTIME_ARGS = {RUNTIME_ARGS!r}\n")
-    src += SIGNATURE.format(name=name) + SETUP + (PREFETCH_SETUP if prefetch else "")
+    src += SIGNATURE.format(name=name) + SETUP + (ROWS_CHANNEL_LAST if cl else ROWS_TIME_CONTIGUOUS)
     src += per_state(PER_STATE, d_state, 4) + "\n"
-    chunk = "i = i_start + i_end - 1 - ii\n" + (PREFETCH_NEXT_CHUNK.lstrip("\n") if prefetch else "")
+    chunk = "i = i_start + i_end - 1 - ii\n"
     # Pass 1: the chunk's sub-tile start states into hbuf. The barriers (two per chunk) order
     # hbuf's writes and reads between threads too, in case Triton maps a channel to different
     # (or replicated) threads in the two passes.
@@ -325,12 +319,12 @@ def _source(name: str, d_state: int, tile: int, bidir: bool, prefetch: bool) -> 
     loop1 = "".join(f"tl.store(hbuf_ptr + hb_row + (s * N_STATE + {n}) * BLOCK_D, h_{n}, mask=dmask)\n"
                     for n in range(d_state))
     loop1 += "if s < m - 1:\n" + textwrap.indent(
-        TILE.strip("\n") + "\n" + _dt_columns(tile, bidir)
+        _tile(cl).strip("\n") + "\n" + _dt_columns(tile, bidir)
         + _forward_steps(d_state, tile, keep=False), "    ")
     pass1 += textwrap.indent(loop1, "    ") + "tl.debug_barrier()\n"
     chunk += "if not STATE_PASS:\n" + textwrap.indent(pass1, "    ")
     # Pass 2: sub-tiles in reverse; recompute S steps, then the adjoint steps.
-    sub = "s = m - 1 - ss\n" + TILE.strip("\n") + "\n" + TILE_GRAD.strip("\n") + "\n"
+    sub = "s = m - 1 - ss\n" + _tile(cl).strip("\n") + "\n" + _tile_grad(cl).strip("\n") + "\n"
     sub += _dt_columns(tile, bidir) + _columns("dy", "dy", tile, bidir)
     recompute = "".join(f"h_{n} = tl.load(hbuf_ptr + hb_row + (s * N_STATE + {n}) * BLOCK_D, mask=dmask, other=0.0)\n"
                         for n in range(d_state))
@@ -340,7 +334,7 @@ def _source(name: str, d_state: int, tile: int, bidir: bool, prefetch: bool) -> 
     end = _tile_of("gB", tile, bidir) + _tile_of("Agh", tile, bidir)
     if not bidir:
         end += "if HAS_Z:\n" + textwrap.indent(_tile_of("y", tile, bidir), "    ")
-    end += TILE_END.strip("\n") + "\n" + dz_code(bidir, 0)
+    end += _tile_end(cl).strip("\n") + "\n" + dz_code(bidir, 0)
     sub += "if not STATE_PASS:\n" + textwrap.indent(end, "    ")
     chunk += "for ss in range(0, m):\n" + textwrap.indent(sub, "    ")
     src += "    for ii in range(i_start, i_end):\n" + textwrap.indent(chunk, " " * 8)
@@ -352,9 +346,9 @@ def _source(name: str, d_state: int, tile: int, bidir: bool, prefetch: bool) -> 
 
 
 @functools.lru_cache(maxsize=None)
-def seq_backward_kernel(d_state: int, tile: int, bidir: bool, prefetch: bool = False):
+def seq_backward_kernel(d_state: int, tile: int, bidir: bool, channel_last: bool = False):
     """The sequential backward kernel: ``d_state`` states per thread, sub-tiles of ``tile`` steps,
-    with ``bidir`` grid axis 2 = direction x segment, with ``prefetch`` each chunk prefetching the
-    next one's operands into L1."""
-    name = f"ss_bwd_seq_n{d_state}_t{tile}_{'bi' if bidir else 'uni'}{'_pf' if prefetch else ''}"
-    return load_generated(name, _source(name, d_state, tile, bidir, prefetch))
+    with ``bidir`` grid axis 2 = direction x segment, with ``channel_last`` u/delta/z/dout and the
+    gradients in channel-last memory."""
+    name = f"ss_bwd_seq_n{d_state}_t{tile}_{'bi' if bidir else 'uni'}{'_cl' if channel_last else ''}"
+    return load_generated(name, _source(name, d_state, tile, bidir, channel_last))

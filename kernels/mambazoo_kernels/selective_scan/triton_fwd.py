@@ -93,7 +93,6 @@ import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)
-INTERPRET = tl.constexpr(__import__("os").environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 @triton.jit
@@ -124,15 +123,6 @@ def _sum(x, axis: tl.constexpr):
 @triton.jit
 def _sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))
-
-
-@triton.jit
-def _prefetch_l1(ptrs):
-    # A hint: bring the lines holding ``ptrs`` into L1 without waiting for them (no registers held).
-    # The interpreter has no inline assembly; a hint changes no result, so it is skipped there.
-    if not INTERPRET:
-        tl.inline_asm_elementwise("prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs],
-                                  dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -398,14 +388,36 @@ def {name}(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr,
     out_ptr, hT_ptr, ckpt_ptr, ybuf_ptr, flag_ptr, ypre_ptr, seg_ptr, segdt_ptr,
     batch, dim, L, Lp, cpg_B, cpg_C, scale, n_segs, seg_tiles, n_tiles, ck_tiles, n_ck,
-    has_init, store_ckpt, store_ypre,
+    has_init, store_ckpt, store_ypre, su_dir, su_b, su_t, sd_dir, sd_b, sd_t, sz_b, sz_t, so_b, so_t,
     BLOCK_D: tl.constexpr, B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STATE_PASS: tl.constexpr,
 ):
 """
 
 SEQ_RUNTIME_ARGS = ["batch", "dim", "L", "Lp", "cpg_B", "cpg_C", "n_segs", "seg_tiles", "n_tiles", "ck_tiles",
-                    "n_ck", "has_init", "store_ckpt", "store_ypre"]
+                    "n_ck", "has_init", "store_ckpt", "store_ypre", "su_dir", "su_b", "su_t", "sd_dir", "sd_b",
+                    "sd_t", "sz_b", "sz_t", "so_b", "so_t"]
+
+# Row bases of u, delta, z and out ([BLOCK_D], int64). Time-contiguous tensors (the default
+# layout, made contiguous by the launcher) step by 1 along time; channel-last ones ((batch, L, dim)
+# memory seen as (batch, dim, L): what in_proj, x_proj and the conv produce in a Mamba mixer) step by
+# their time stride, and the channels of a program are consecutive addresses.
+ROWS_TIME_CONTIGUOUS = """
+    u_row = x_row
+    d_row = x_row
+    o_row = z_row
+"""
+ROWS_CHANNEL_LAST = """
+    u_row = dir64 * su_dir + pid_b * su_b + offs_d64
+    d_row = dir64 * sd_dir + pid_b * sd_b + offs_d64
+    z_row = pid_b * sz_b + offs_d64
+    o_row = pid_b * so_b + offs_d64
+"""
+
+
+def _time(expr: str, stride: str, channel_last: bool) -> str:
+    """The [1, T] time offsets of a tile: ``expr`` steps of stride 1 or ``stride`` (64-bit)."""
+    return f"({expr}).to(tl.int64)[None, :] * {stride}" if channel_last else f"({expr})[None, :]"
 
 SEQ_SETUP = PROGRAM_ROWS + """
     # Staged per-token B/C rows of this program's group: (ndir, batch, groups, Lp, N) fp32.
@@ -436,12 +448,17 @@ SEQ_PER_STATE = """
 # Tile i (processing order) of the direction is memory tile k; the next tile's u and delta are
 # loaded before this tile's steps run (their latency hides behind T steps of work). Prefetching
 # z and the next tile's B/C rows too measured slower (0.421 vs 0.352 ms at Vim-S 224, NOTES.md).
-SEQ_TILE_LOAD = """
+def _seq_tile_load(cl: bool) -> str:
+    """Tile i (processing order) of the direction is memory tile k; the next tile's u and delta are
+    loaded before this tile's steps run (their latency hides behind T steps of work). Prefetching
+    z and the next tile's B/C rows too measured slower (0.421 vs 0.352 ms at Vim-S 224, and an L1
+    prefetch hint measured no faster, NOTES.md)."""
+    return f"""
     k0 = i_start + direction * (n_tiles - 1 - 2 * i_start)
     t0 = k0 * T + cols
     m0 = dmask[:, None] & ((t0 < L) & (i_start < i_end))[None, :]
-    u_next = tl.load(u_ptr + x_row[:, None] + t0[None, :], mask=m0, other=0.0)
-    pre_next = tl.load(delta_ptr + x_row[:, None] + t0[None, :], mask=m0, other=0.0)
+    u_next = tl.load(u_ptr + u_row[:, None] + {_time("t0", "su_t", cl)}, mask=m0, other=0.0)
+    pre_next = tl.load(delta_ptr + d_row[:, None] + {_time("t0", "sd_t", cl)}, mask=m0, other=0.0)
     dt_sum = tl.full([BLOCK_D], 0.0, tl.float32)
     for i in range(i_start, i_end):
         k = i + direction * (n_tiles - 1 - 2 * i)
@@ -452,51 +469,14 @@ SEQ_TILE_LOAD = """
         pre = pre_next.to(tl.float32)
         tn = t + sgn * T
         mn = dmask[:, None] & ((tn < L) & (i + 1 < i_end))[None, :]
-        u_next = tl.load(u_ptr + x_row[:, None] + tn[None, :], mask=mn, other=0.0)
-        pre_next = tl.load(delta_ptr + x_row[:, None] + tn[None, :], mask=mn, other=0.0)
-"""
-
-# With prefetching, a tile's u and delta are loaded where they are used and the NEXT tile's u,
-# delta, z and B/C rows are prefetched into L1 (a hint per 128-byte line: no registers held, no
-# wait), so the loads of the steps and of the output hit L1.
-SEQ_TILE_PREFETCH = """
-    dt_sum = tl.full([BLOCK_D], 0.0, tl.float32)
-    lane = tl.arange(0, BLOCK_D)
-    last_row = tl.where(dmask, x_row, x_row - offs_d64 + (dim - 1))
-    last_zrow = tl.where(dmask, z_row, z_row - offs_d64 + (dim - 1))
-    for i in range(i_start, i_end):
-        k = i + direction * (n_tiles - 1 - 2 * i)
-        tile_t = k * T + rev0
-        t = k * T + cols
-        m2 = dmask[:, None] & (t < L)[None, :]
-        u = tl.load(u_ptr + x_row[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
-        pre = tl.load(delta_ptr + x_row[:, None] + t[None, :], mask=m2, other=0.0).to(tl.float32)
-        kn = tl.minimum(tl.maximum(k + sgn, 0), n_tiles - 1)
-        first = tl.minimum(kn * T, L - 1)
-        end = tl.minimum(kn * T + T - 1, L - 1)
-        _prefetch_l1(u_ptr + last_row + first)
-        _prefetch_l1(u_ptr + last_row + end)
-        _prefetch_l1(delta_ptr + last_row + first)
-        _prefetch_l1(delta_ptr + last_row + end)
-        if HAS_Z:
-            _prefetch_l1(z_ptr + last_zrow + first)
-            _prefetch_l1(z_ptr + last_zrow + end)
-        # a tile's B (or C) rows span T * N fp32: points 32 floats apart plus the last one touch
-        # every 128-byte line of the span
-        bc_offs = kn * T * N_STATE + tl.minimum(lane * 32, T * N_STATE - 1)
-        if not B_CONST:
-            _prefetch_l1(B_row + bc_offs)
-        if not C_CONST:
-            if not STATE_PASS:
-                _prefetch_l1(C_row + bc_offs)
-"""
-
-SEQ_CKPT = """
+        u_next = tl.load(u_ptr + u_row[:, None] + {_time("tn", "su_t", cl)}, mask=mn, other=0.0)
+        pre_next = tl.load(delta_ptr + d_row[:, None] + {_time("tn", "sd_t", cl)}, mask=mn, other=0.0)
         if store_ckpt != 0:
             if i % ck_tiles == 0:
                 ic = i // ck_tiles
                 ck = (row * n_ck + ic + direction * (n_ck - 1 - 2 * ic)) * N_STATE
 """
+
 
 SEQ_CKPT_STORE = "tl.store(ckpt_ptr + ck + @n, h_@n, mask=dmask)\n"
 
@@ -505,34 +485,37 @@ SEQ_DT = textwrap.indent(DT_FROM_PRE, " " * 8) + """
             dt_sum += _sum(dt, axis=1)
 """
 
-SEQ_OUTPUT_SINGLE = """
-        zoffs = z_row[:, None] + t[None, :]
+def _seq_output(bidir: bool, cl: bool) -> str:
+    """Gate and store a tile's output. The fused bidirectional combine: each direction writes its
+    fp32 y tile to a scratch buffer (laid out like ``out``) and increments an int32 flag per
+    (batch, channel block, tile); the program that finds the flag at 1 came second and writes
+    (y_f + y_r) * scale * silu(z). fp32 addition is commutative, so the result does not depend on
+    which direction finished first."""
+    offsets = (f"        zoffs = z_row[:, None] + {_time('t', 'sz_t', cl)}\n"
+               f"        ooffs = o_row[:, None] + {_time('t', 'so_t', cl)}\n")
+    if not bidir:
+        return offsets + """
         if HAS_Z:
             zv = tl.load(z_ptr + zoffs, mask=m2, other=0.0).to(tl.float32)
             y = y * (zv * _sigmoid(zv))
-        tl.store(out_ptr + zoffs, y.to(out_ptr.dtype.element_ty), mask=m2)
+        tl.store(out_ptr + ooffs, y.to(out_ptr.dtype.element_ty), mask=m2)
 """
-
-# The fused bidirectional combine: each direction writes its fp32 y tile to a scratch buffer and
-# increments an int32 flag per (batch, channel block, tile); the program that finds the flag at 1
-# came second and writes (y_f + y_r) * scale * silu(z). fp32 addition is commutative, so the
-# result does not depend on which direction finished first.
-SEQ_OUTPUT_BIDIR = """
-        zoffs = z_row[:, None] + t[None, :]
+    return offsets + """
         plane = (pid_b * 0 + batch) * dim * L  # int64: the scratch buffer may pass 2^31 elements
-        tl.store(ybuf_ptr + dir64 * plane + zoffs, y, mask=m2)
+        tl.store(ybuf_ptr + dir64 * plane + ooffs, y, mask=m2)
         tl.debug_barrier()
         old = tl.atomic_add(flag_ptr + (pid_b * tl.num_programs(0) + pid_d) * n_tiles + k, 1)
         if old == 1:
-            other = tl.load(ybuf_ptr + (1 - dir64) * plane + zoffs, mask=m2, other=0.0, cache_modifier=".cg")
+            other = tl.load(ybuf_ptr + (1 - dir64) * plane + ooffs, mask=m2, other=0.0, cache_modifier=".cg")
             ysum = (y + other) * scale
             if store_ypre != 0:
-                tl.store(ypre_ptr + zoffs, ysum.to(ypre_ptr.dtype.element_ty), mask=m2)
+                tl.store(ypre_ptr + ooffs, ysum.to(ypre_ptr.dtype.element_ty), mask=m2)
             if HAS_Z:
                 zv = tl.load(z_ptr + zoffs, mask=m2, other=0.0).to(tl.float32)
                 ysum = ysum * (zv * _sigmoid(zv))
-            tl.store(out_ptr + zoffs, ysum.to(out_ptr.dtype.element_ty), mask=m2)
+            tl.store(out_ptr + ooffs, ysum.to(out_ptr.dtype.element_ty), mask=m2)
 """
+
 
 SEQ_FINAL = """
     if STATE_PASS:
@@ -551,12 +534,13 @@ def _processing_order(prefix: str, tile: int, bidir: bool) -> str:
                    for j in range(tile))
 
 
-def _seq_fwd_source(name: str, d_state: int, tile: int, bidir: bool, prefetch: bool) -> str:
+def _seq_fwd_source(name: str, d_state: int, tile: int, bidir: bool, channel_last: bool) -> str:
     src = HEADER + (f"\nN_STATE = tl.constexpr({d_state})\nT = tl.constexpr({tile})\n"
                     f"SEQ_RUNTIME_ARGS = {SEQ_RUNTIME_ARGS!r}\n")
-    src += SEQ_SIGNATURE.format(name=name) + SEQ_SETUP + per_state(SEQ_PER_STATE, d_state, 4) + "\n"
-    src += (SEQ_TILE_PREFETCH if prefetch else SEQ_TILE_LOAD) + SEQ_CKPT
-    src += per_state(SEQ_CKPT_STORE, d_state, 16) + "\n" + SEQ_DT
+    src += SEQ_SIGNATURE.format(name=name) + SEQ_SETUP
+    src += ROWS_CHANNEL_LAST if channel_last else ROWS_TIME_CONTIGUOUS
+    src += per_state(SEQ_PER_STATE, d_state, 4) + "\n"
+    src += _seq_tile_load(channel_last) + per_state(SEQ_CKPT_STORE, d_state, 16) + "\n" + SEQ_DT
     split = column_split("dt", [f"dtm_{j}" for j in range(tile)], "_dt") + _processing_order("dt", tile, bidir)
     split += column_split("dtu", [f"dtum_{j}" for j in range(tile)], "_du") + _processing_order("dtu", tile, bidir)
     src += textwrap.indent(split, " " * 8)
@@ -565,19 +549,19 @@ def _seq_fwd_source(name: str, d_state: int, tile: int, bidir: bool, prefetch: b
     src += textwrap.indent(_processing_order("y", tile, bidir).replace("y_", "yo_").replace("ym_", "y_"), " " * 12)
     src += f"            y = {column_join([f'yo_{j}' for j in range(tile)])}\n"
     src += "            if HAS_D:\n                y += Dv[:, None] * u\n"
-    src += textwrap.indent(SEQ_OUTPUT_BIDIR if bidir else SEQ_OUTPUT_SINGLE, "    ")
+    src += textwrap.indent(_seq_output(bidir, channel_last), "    ")
     src += per_state(SEQ_FINAL, d_state, 4) + "\n"
     src += "    if STATE_PASS:\n        tl.store(segdt_ptr + seg_row, dt_sum, mask=dmask)\n"
     return src
 
 
 @functools.lru_cache(maxsize=None)
-def seq_forward_kernel(d_state: int, tile: int, bidir: bool, prefetch: bool = False):
-    """The sequential forward kernel: ``d_state`` states per thread, tiles of ``tile`` steps,
-    with ``bidir`` grid axis 2 = direction x segment, with ``prefetch`` the next tile's operands
-    prefetched into L1 instead of loaded into registers one tile ahead."""
-    name = f"ss_fwd_seq_n{d_state}_t{tile}_{'bi' if bidir else 'uni'}{'_pf' if prefetch else ''}"
-    return load_generated(name, _seq_fwd_source(name, d_state, tile, bidir, prefetch))
+def seq_forward_kernel(d_state: int, tile: int, bidir: bool, channel_last: bool = False):
+    """The sequential forward kernel: ``d_state`` states per thread, tiles of ``tile`` steps, with
+    ``bidir`` grid axis 2 = direction x segment, with ``channel_last`` u/delta/z/out in
+    channel-last memory (``ROWS_CHANNEL_LAST``)."""
+    name = f"ss_fwd_seq_n{d_state}_t{tile}_{'bi' if bidir else 'uni'}{'_cl' if channel_last else ''}"
+    return load_generated(name, _seq_fwd_source(name, d_state, tile, bidir, channel_last))
 
 
 @triton.jit

@@ -11,6 +11,7 @@ Launchers make no ``torch.cuda`` call, so the same code runs the kernels on CPU 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from .._library import channel_last, new_scan_output
 from .triton_bwd import chunk_backward_kernel
 from .triton_bwd_seq import seq_backward_kernel
 from .triton_fwd import segment_combine_kernel, seq_forward_kernel, stage_bc_kernel
@@ -55,7 +57,6 @@ class ScanConfig:
     fwd_maxnreg: Optional[int] = None  # register cap of the forward kernel (None: the compiler's choice)
     bwd_kind: str = "seq"
     bwd_tile: int = 2
-    prefetch: bool = False  # sequential kernels: prefetch the next tile's / chunk's operands into L1
 
     def __post_init__(self):
         if self.bwd_kind not in BWD_KINDS:
@@ -233,16 +234,21 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus, scale, need_ckpt, need
     n_tiles = n_chunks * ck_tiles  # the tile grid covers whole chunks (checkpoints on their edges)
     n_segs, seg_chunks = _segment_plan(cfg, batch, dim, ndir, n_chunks, block_d, u.device)
     f32 = dict(dtype=torch.float32, device=u.device)
-    out = torch.empty((batch, dim, length), dtype=u.dtype, device=u.device)
+    cl = channel_last(u, delta, z)
+    out = new_scan_output(u, (batch, dim, length), cl)
     h_final = torch.empty((ndir, batch, dim, d_state), **f32)
     ckpt = torch.empty((ndir, batch, dim, n_chunks, d_state), **f32) if need_ckpt else h_final
-    ybuf = torch.empty((2, batch, dim, length), **f32) if bidir else h_final
+    # the bidirectional scratch: one plane per direction, laid out like out
+    ybuf = torch.empty((2, batch, length, dim) if cl else (2, batch, dim, length), **f32) if bidir else h_final
     flags = torch.zeros((batch, n_blocks, n_tiles), dtype=torch.int32, device=u.device) if bidir else h_final
-    ypre = torch.empty((batch, dim, length), dtype=u.dtype, device=u.device) if need_ypre else out
+    ypre = new_scan_output(u, (batch, dim, length), cl) if need_ypre else out
     seg = torch.empty((ndir, batch, dim, n_segs, d_state), **f32) if n_segs > 1 else h_final
     segdt = torch.empty((ndir, batch, dim, n_segs), **f32) if n_segs > 1 else h_final
     Bk, Ck = _stage_bc(B, b_const, n_tiles * tile), _stage_bc(C, c_const, n_tiles * tile)
-    kernel = seq_forward_kernel(d_state, tile, bidir, cfg.prefetch)
+    kernel = seq_forward_kernel(d_state, tile, bidir, cl)
+    zs = z if z is not None else out
+    strides = ((*u.stride()[:2], u.stride(3), *delta.stride()[:2], delta.stride(3), zs.stride(0), zs.stride(2),
+                out.stride(0), out.stride(2)) if cl else (0,) * 10)
 
     def launch(state_pass, init, store_ckpt, store_ypre):
         _launcher(kernel, "fwd_state" if state_pass else "fwd", (n_blocks, batch, ndir * n_segs))(
@@ -251,7 +257,7 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus, scale, need_ckpt, need
             out, h_final, ckpt, ybuf, flags, ypre, seg, segdt,
             batch, dim, length, n_tiles * tile, dim if b_const else cpg_b, dim if c_const else cpg_c, scale,
             n_segs, seg_chunks * ck_tiles, n_tiles, ck_tiles, n_chunks,
-            int(init is not None), int(store_ckpt), int(store_ypre),
+            int(init is not None), int(store_ckpt), int(store_ypre), *strides,
             BLOCK_D=block_d, B_CONST=b_const, C_CONST=c_const,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
             STATE_PASS=state_pass, num_warps=max(1, min(cfg.fwd_warps, block_d // 32)),
@@ -292,9 +298,21 @@ def _backward(u, delta, A, B, C, D, z, bias, saved: _Saved, dout, dh_final, soft
     chunk, n_segs = saved.chunk, saved.n_segs
     n_blocks = triton_cdiv(dim, block_d)
     f32 = dict(dtype=torch.float32, device=u.device)
-    du = torch.empty_like(u)
-    ddelta = torch.empty_like(delta)
-    dz = torch.empty_like(z) if z is not None else None
+    cl = channel_last(u, delta, z)
+    if cl and not seq:  # the time-parallel kernel reads time-contiguous tensors only
+        u, delta, z, dout = (None if t is None else t.contiguous() for t in (u, delta, z, dout))
+        saved = dataclasses.replace(saved, ypre=None if saved.ypre is None else saved.ypre.contiguous())
+    elif cl:  # dout, ypre and dz share one layout: (batch, L, dim) memory
+        dout = _dense_channel_last(dout)
+        saved = dataclasses.replace(saved, ypre=None if saved.ypre is None else _dense_channel_last(saved.ypre))
+    # gradients come back in their input's layout (dense)
+    du = new_scan_output(u, u.shape, cl)
+    ddelta = new_scan_output(delta, delta.shape, cl)
+    dz = new_scan_output(z, z.shape, cl) if z is not None else None
+    kernel_cl = cl and seq
+    strides = ((*u.stride()[:2], u.stride(3), *delta.stride()[:2], delta.stride(3),
+                *((z.stride(0), z.stride(2)) if z is not None else (0, 0)), dout.stride(0), dout.stride(2),
+                *du.stride()[:2], du.stride(3)) if kernel_cl else (0,) * 13)
     per_seg = (ndir, batch, dim, n_segs)
     dA = torch.empty((*per_seg, d_state), **f32)
     dh0 = torch.empty((ndir, batch, dim, d_state), **f32)
@@ -315,7 +333,7 @@ def _backward(u, delta, A, B, C, D, z, bias, saved: _Saved, dout, dh_final, soft
         n_chunks = triton_cdiv(length, chunk)
         Bk, Ck = _stage_bc(B, b_const, n_chunks * chunk), _stage_bc(C, c_const, n_chunks * chunk)
         hbuf = torch.empty((n_blocks * batch * ndir * n_segs, chunk // sub, d_state, block_d), **f32)
-        kernel = seq_backward_kernel(d_state, sub, bidir, cfg.prefetch)
+        kernel = seq_backward_kernel(d_state, sub, bidir, kernel_cl)
     else:
         kernel = chunk_backward_kernel(d_state, bidir, cfg.bwd_vec)
 
@@ -327,7 +345,7 @@ def _backward(u, delta, A, B, C, D, z, bias, saved: _Saved, dout, dh_final, soft
                 du, ddelta, du if dz is None else dz, dA, dB, dC, dA if dD is None else dD,
                 dA if dbias is None else dbias, dh0, seg,
                 batch, dim, length, n_chunks * chunk, dim if b_const else cpg_b, dim if c_const else cpg_c, scale,
-                n_segs, saved.seg_chunks, n_chunks, chunk // sub, int(init is not None),
+                n_segs, saved.seg_chunks, n_chunks, chunk // sub, int(init is not None), *strides,
                 BLOCK_D=block_d, B_CONST=b_const, C_CONST=c_const,
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
                 STATE_PASS=state_pass, num_warps=max(1, min(cfg.fwd_warps, block_d // 32)),
@@ -345,6 +363,8 @@ def _backward(u, delta, A, B, C, D, z, bias, saved: _Saved, dout, dh_final, soft
             STATE_PASS=state_pass, num_warps=cfg.bwd_warps,
         )
 
+    if cl and not seq:
+        du, ddelta, dz = (None if t is None else t.contiguous() for t in (du, ddelta, dz))  # for the kernel
     if n_segs > 1:
         launch(True, None)
         _combine_segments(seg, saved.segdt, A, dh_final, reverse=True)
@@ -358,10 +378,18 @@ def _backward(u, delta, A, B, C, D, z, bias, saved: _Saved, dout, dh_final, soft
         groups = like.shape[2]
         return part.view(ndir, batch, groups, n_blocks // groups, d_state, length).sum(3).to(like.dtype)
 
+    if cl and not seq:
+        du, ddelta, dz = (None if t is None else _dense_channel_last(t) for t in (du, ddelta, dz))
     return (
         du, ddelta, dA.sum((1, 3)), bc_grad(dB, b_const, B), bc_grad(dC, c_const, C),
         None if dD is None else dD.sum((1, 3)), dz, None if dbias is None else dbias.sum((1, 3)), dh0,
     )
+
+
+def _dense_channel_last(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (..., dim, L) in dense (..., L, dim) memory (a copy unless it already is)."""
+    cl = t.transpose(-1, -2)
+    return (cl if cl.is_contiguous() else cl.contiguous()).transpose(-1, -2)
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -380,15 +408,18 @@ def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 def _kernel_args(u, delta, A, B, C, D, z, delta_bias, initial_state, bidirectional: bool):
     """Public layouts -> the kernels': a leading ``ndir`` axis, a groups axis on per-token B/C,
-    fp32 contiguous A/D/delta_bias/initial_state."""
+    fp32 contiguous A/D/delta_bias/initial_state; u, delta and z time-contiguous, or left as they
+    are when all three are channel-last views."""
     lead = (lambda t: t) if bidirectional else (lambda t: None if t is None else t.unsqueeze(0))
     const_rank = 3 if bidirectional else 2
 
     def bc(t):
         return lead(t if t.dim() == const_rank else _per_token(t, const_rank + 1))
 
-    return (lead(u).contiguous(), lead(delta).contiguous(), _f32(lead(A)), bc(B), bc(C), _f32(lead(D)),
-            None if z is None else z.contiguous(), _f32(lead(delta_bias)), _f32(lead(initial_state)))
+    layout = (lambda t: t) if channel_last(u, delta, z) else (
+        lambda t: None if t is None else t.contiguous())
+    return (layout(lead(u)), layout(lead(delta)), _f32(lead(A)), bc(B), bc(C), _f32(lead(D)),
+            layout(z), _f32(lead(delta_bias)), _f32(lead(initial_state)))
 
 
 def _plan(u, B, C, device=None):
@@ -459,7 +490,8 @@ def scan_backward(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, initi
     chunk, _, n_segs, seg_chunks = _plan(ku, kB, kC)
     saved = _Saved(ckpt, ypre if ypre.numel() else None, chunk, n_segs, seg_chunks, segdt if n_segs > 1 else None)
     dh_final = dfinal_state if bidirectional else dfinal_state.unsqueeze(0)
-    grads = _backward(ku, kdelta, kA, kB, kC, kD, kz, kbias, saved, dout.contiguous(),
+    dout = dout if channel_last(ku, kdelta, kz) else dout.contiguous()
+    grads = _backward(ku, kdelta, kA, kB, kC, kD, kz, kbias, saved, dout,
                       dh_final.to(torch.float32).contiguous(), softplus, scale)
     return tuple(
         None if t is None else g.reshape(t.shape).to(t.dtype) for g, t in zip(grads, inputs)

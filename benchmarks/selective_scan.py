@@ -24,8 +24,8 @@ only; ``--configs`` adds tilings from ``CONFIGS`` (ScanConfig fields) to the aut
 ``--bwd`` picks the automatic tiling's backward (default ``seq``, ``triton_bwd_seq``; ``chunk`` is
 the time-parallel ``triton_bwd``); CONFIGS entries name their own (``c16``/``c64`` the chunk one,
 ``seq*``/``*seq16`` the sequential one), so ``--configs c16,seq16`` times both in one run;
-``--auto r168a`` makes the automatic tiling (and so the check, bidirectional and big phases) use
-CONFIGS["r168a"]'s fields; ``--channel-last`` passes u/delta/z/B/C as channel-last views.
+``--auto ahead`` makes the automatic tiling (and so the check, bidirectional and big phases) use
+CONFIGS["ahead"]'s fields; ``--channel-last`` passes u/delta/z/B/C as channel-last views.
 Writes ``selective_scan_<date>.json`` and ``selective_scan_<date>.png`` into ``--out``, with the
 registers and spills of every compiled scan kernel.
 ``--dry-run`` runs the same code on the CPU under ``TRITON_INTERPRET=1`` at tiny shapes.
@@ -70,7 +70,10 @@ ISSUE_TARGETS = {"fwd": {"vim_s_224": 4.0, "default": 2.0}, "fwdbwd": {"vim_s_22
 # replaced in the automatic tiling of each length; "auto" is triton_op.default_config (per
 # length, backward kind from --bwd, with --auto's replacements).
 CONFIGS = {
-    "r168a": {"fwd_maxnreg": 168},
+    "ahead": {"bc_ahead": True},
+    "noahead": {"bc_ahead": False},
+    "w4a": {"fwd_warps": 4},
+    "ahead4": {"bc_ahead": True, "fwd_warps": 4},
     "c64": (64, 8, 4, 8, 4, None, None, "chunk"),
     "c16": (16, 8, 4, 4, 4, None, None, "chunk"),
     "t16": (64, 16, 4, 8, 4),

@@ -108,6 +108,14 @@ def test_segmented_long_sequence_path(config, bwd_kind):
     check_against_oracle(args, 2e-5, 1e-4)
 
 
+@pytest.mark.parametrize("segments", [None, 3])
+def test_forward_with_bc_one_step_ahead_matches_float64_oracle(config, segments):
+    # ScanConfig.bc_ahead: every step loads the next step's B/C, across tiles and segment ends.
+    args = make_inputs(2, 6, 50, 4, "grouped", 3, dtype=torch.float32, with_state=True, seed=5)
+    config(length=50, bc_ahead=True, segments=segments)
+    check_against_oracle(args, 2e-5, 1e-4)
+
+
 @pytest.mark.parametrize("batch,dim,length,segmented", [
     (128, 768, 197, False),  # Vim-S 224: 3,072 one-warp programs, about 3 waves already
     (32, 768, 785, False),

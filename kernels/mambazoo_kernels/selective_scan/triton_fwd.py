@@ -357,25 +357,38 @@ def _bc_width(d_state: int) -> int:
     return 4 if d_state % 4 == 0 else (2 if d_state % 2 == 0 else 1)
 
 
-def _bc_step_loads(name: str, d_state: int, j: int) -> str:
+def _bc_step_loads(name: str, d_state: int, j: int, mask: str = "") -> str:
     """Step j's per-token B or C row, N fp32 values from the staged (.., Lp, N) buffer, as
-    ``{name}{j}_{n}`` scalars. Every thread loads the same 16-byte vectors (a broadcast)."""
+    ``{name}{j}_{n}`` scalars. Every thread loads the same 16-byte vectors (a broadcast). ``mask``
+    (a scalar condition) guards loads that may fall outside the buffer."""
     width = _bc_width(d_state)
+    guard = f", mask={mask}, other=0.0" if mask else ""
     lines = ""
     for i in range(d_state // width):
         ptr = f"{name}_row + (tj{j} * N_STATE + {i * width})"
-        load = f"tl.load({ptr} + tl.arange(0, {width}))" if width > 1 else f"tl.load({ptr})"
+        load = f"tl.load({ptr} + tl.arange(0, {width}){guard})" if width > 1 else f"tl.load({ptr}{guard})"
         lines += vector_split(load, [f"{name}{j}_{i * width + w}" for w in range(width)], f"_{name}{j}_{i}")
     return lines
 
 
-def _seq_step(d_state: int, j: int) -> str:
-    """Step j of a tile: B/C of the step, N state updates and the output column y_j."""
-    body = f"tj{j} = tile_t + {j} * sgn\n"
-    body += "if B_CONST:\n" + "".join(f"    B{j}_{n} = Bc_{n}\n" for n in range(d_state))
-    body += "else:\n" + textwrap.indent(_bc_step_loads("B", d_state, j), "    ")
+def _bc_loads(d_state: int, j: int, mask: str = "") -> str:
+    """B/C of step ``j`` (``tj{j}``) as scalars ``B{j}_n``, ``C{j}_n`` (constant ones copied)."""
+    body = "if B_CONST:\n" + "".join(f"    B{j}_{n} = Bc_{n}\n" for n in range(d_state))
+    body += "else:\n" + textwrap.indent(_bc_step_loads("B", d_state, j, mask), "    ")
     body += "if not STATE_PASS:\n    if C_CONST:\n" + "".join(f"        C{j}_{n} = Cc_{n}\n" for n in range(d_state))
-    body += "    else:\n" + textwrap.indent(_bc_step_loads("C", d_state, j), "        ")
+    body += "    else:\n" + textwrap.indent(_bc_step_loads("C", d_state, j, mask), "        ")
+    return body
+
+
+def _seq_step(d_state: int, j: int, bc_ahead: bool) -> str:
+    """Step j of a tile: B/C of the step, N state updates and the output column y_j. With
+    ``bc_ahead`` the step's B/C were loaded one step earlier and it loads the next step's (the
+    next tile's first after the last step; ``tj`` may then leave the buffer, hence the mask)."""
+    if bc_ahead:
+        body = f"tj{j + 1} = tile_t + {j + 1} * sgn\n"
+        body += _bc_loads(d_state, j + 1, f"(tj{j + 1} >= 0) & (tj{j + 1} < Lp)")
+    else:
+        body = f"tj{j} = tile_t + {j} * sgn\n" + _bc_loads(d_state, j)
     body += "".join(f"h_{n} = tl.exp2(dt_{j} * A_{n}) * h_{n} + dtu_{j} * B{j}_{n}\n" for n in range(d_state))
     body += "if not STATE_PASS:\n"
     body += f"    y_{j} = " + " + ".join(f"C{j}_{n} * h_{n}" for n in range(d_state)) + "\n"
@@ -448,13 +461,19 @@ SEQ_PER_STATE = """
 # Tile i (processing order) of the direction is memory tile k; the next tile's u and delta are
 # loaded before this tile's steps run (their latency hides behind T steps of work). Prefetching
 # z and the next tile's B/C rows too measured slower (0.421 vs 0.352 ms at Vim-S 224, NOTES.md).
-def _seq_tile_load(cl: bool) -> str:
+def _seq_tile_load(cl: bool, d_state: int, bc_ahead: bool) -> str:
     """Tile i (processing order) of the direction is memory tile k; the next tile's u and delta are
     loaded before this tile's steps run (their latency hides behind T steps of work). Prefetching
     z and the next tile's B/C rows too measured slower (0.421 vs 0.352 ms at Vim-S 224, and an L1
-    prefetch hint measured no faster, NOTES.md)."""
+    prefetch hint measured no faster, NOTES.md). With ``bc_ahead`` the first step's B/C are loaded
+    before the loop (then each step loads the next one's)."""
+    first_bc = ""
+    if bc_ahead:
+        first_bc = textwrap.indent("tile_t = k0 * T + rev0\ntj0 = tile_t\n" + _bc_loads(
+            d_state, 0, "(i_start < i_end) & (tj0 >= 0) & (tj0 < Lp)"), "    ")
     return f"""
     k0 = i_start + direction * (n_tiles - 1 - 2 * i_start)
+{first_bc}
     t0 = k0 * T + cols
     m0 = dmask[:, None] & ((t0 < L) & (i_start < i_end))[None, :]
     u_next = tl.load(u_ptr + u_row[:, None] + {_time("t0", "su_t", cl)}, mask=m0, other=0.0)
@@ -534,17 +553,21 @@ def _processing_order(prefix: str, tile: int, bidir: bool) -> str:
                    for j in range(tile))
 
 
-def _seq_fwd_source(name: str, d_state: int, tile: int, bidir: bool, channel_last: bool) -> str:
+def _seq_fwd_source(name: str, d_state: int, tile: int, bidir: bool, channel_last: bool, bc_ahead: bool) -> str:
     src = HEADER + (f"\nN_STATE = tl.constexpr({d_state})\nT = tl.constexpr({tile})\n"
                     f"SEQ_RUNTIME_ARGS = {SEQ_RUNTIME_ARGS!r}\n")
     src += SEQ_SIGNATURE.format(name=name) + SEQ_SETUP
     src += ROWS_CHANNEL_LAST if channel_last else ROWS_TIME_CONTIGUOUS
     src += per_state(SEQ_PER_STATE, d_state, 4) + "\n"
-    src += _seq_tile_load(channel_last) + per_state(SEQ_CKPT_STORE, d_state, 16) + "\n" + SEQ_DT
+    src += _seq_tile_load(channel_last, d_state, bc_ahead) + per_state(SEQ_CKPT_STORE, d_state, 16) + "\n" + SEQ_DT
     split = column_split("dt", [f"dtm_{j}" for j in range(tile)], "_dt") + _processing_order("dt", tile, bidir)
     split += column_split("dtu", [f"dtum_{j}" for j in range(tile)], "_du") + _processing_order("dtu", tile, bidir)
     src += textwrap.indent(split, " " * 8)
-    src += "".join(textwrap.indent(_seq_step(d_state, j), " " * 8) for j in range(tile))
+    src += "".join(textwrap.indent(_seq_step(d_state, j, bc_ahead), " " * 8) for j in range(tile))
+    if bc_ahead:  # the next tile's first B/C, loaded by the last step, carried into the next iteration
+        carry = "".join(f"B0_{n} = B{tile}_{n}\n" for n in range(d_state))
+        carry += "if not STATE_PASS:\n" + "".join(f"    C0_{n} = C{tile}_{n}\n" for n in range(d_state))
+        src += textwrap.indent(carry, " " * 8)
     src += "        if not STATE_PASS:\n"
     src += textwrap.indent(_processing_order("y", tile, bidir).replace("y_", "yo_").replace("ym_", "y_"), " " * 12)
     src += f"            y = {column_join([f'yo_{j}' for j in range(tile)])}\n"
@@ -556,12 +579,14 @@ def _seq_fwd_source(name: str, d_state: int, tile: int, bidir: bool, channel_las
 
 
 @functools.lru_cache(maxsize=None)
-def seq_forward_kernel(d_state: int, tile: int, bidir: bool, channel_last: bool = False):
+def seq_forward_kernel(d_state: int, tile: int, bidir: bool, channel_last: bool = False, bc_ahead: bool = False):
     """The sequential forward kernel: ``d_state`` states per thread, tiles of ``tile`` steps, with
     ``bidir`` grid axis 2 = direction x segment, with ``channel_last`` u/delta/z/out in
-    channel-last memory (``ROWS_CHANNEL_LAST``)."""
-    name = f"ss_fwd_seq_n{d_state}_t{tile}_{'bi' if bidir else 'uni'}{'_cl' if channel_last else ''}"
-    return load_generated(name, _seq_fwd_source(name, d_state, tile, bidir, channel_last))
+    channel-last memory (``ROWS_CHANNEL_LAST``), with ``bc_ahead`` each step's B/C loaded one step
+    ahead (see :func:`_seq_step`)."""
+    name = (f"ss_fwd_seq_n{d_state}_t{tile}_{'bi' if bidir else 'uni'}{'_cl' if channel_last else ''}"
+            f"{'_ahead' if bc_ahead else ''}")
+    return load_generated(name, _seq_fwd_source(name, d_state, tile, bidir, channel_last, bc_ahead))
 
 
 @triton.jit

@@ -57,6 +57,7 @@ class ScanConfig:
     fwd_maxnreg: Optional[int] = None  # register cap of the forward kernel (None: the compiler's choice)
     bwd_kind: str = "seq"
     bwd_tile: int = 2
+    bc_ahead: bool = False  # forward: load each step's B/C one step ahead (triton_fwd._seq_step)
 
     def __post_init__(self):
         if self.bwd_kind not in BWD_KINDS:
@@ -245,7 +246,7 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus, scale, need_ckpt, need
     seg = torch.empty((ndir, batch, dim, n_segs, d_state), **f32) if n_segs > 1 else h_final
     segdt = torch.empty((ndir, batch, dim, n_segs), **f32) if n_segs > 1 else h_final
     Bk, Ck = _stage_bc(B, b_const, n_tiles * tile), _stage_bc(C, c_const, n_tiles * tile)
-    kernel = seq_forward_kernel(d_state, tile, bidir, cl)
+    kernel = seq_forward_kernel(d_state, tile, bidir, cl, cfg.bc_ahead)
     zs = z if z is not None else out
     strides = ((*u.stride()[:2], u.stride(3), *delta.stride()[:2], delta.stride(3), zs.stride(0), zs.stride(2),
                 out.stride(0), out.stride(2)) if cl else (0,) * 10)

@@ -166,14 +166,21 @@ def _warm(spec, bidir, kind):
 
 
 def phase_warmup(configs, log):
+    def at_length(spec, length, bidir):
+        """``spec`` with the B/C lookahead the forward picks at ``length`` (warmup shapes are short)."""
+        cfg = triton_op.ScanConfig(*spec)
+        if cfg.bc_ahead is None:
+            cfg = dataclasses.replace(cfg, bc_ahead=triton_op.bc_ahead_default(length, CHANNEL_LAST, bidir))
+        return dataclasses.astuple(cfg)
+
     specs = {}
     for shape, _, _ in SHAPES.values():
         for name in configs:
-            spec = resolve(CONFIGS[name], shape[2])
+            spec = at_length(resolve(CONFIGS[name], shape[2]), shape[2], False)
             specs[(spec, False)] = spec
-        spec = dataclasses.astuple(triton_op.default_config(shape[2]))
-        specs[(spec, False)] = spec
-        specs[(spec, True)] = spec
+        for bidir in (False, True):
+            spec = at_length(dataclasses.astuple(triton_op.default_config(shape[2])), shape[2], bidir)
+            specs[(spec, bidir)] = spec
     kinds = ("fwd", "fwd_state", "bwd", "bwd_state") if BACKWARD else ("fwd", "fwd_state")
     jobs = sorted({(spec, bidir, kind) for (_, bidir), spec in specs.items() for kind in kinds}, key=repr)
     return run_warmup(_warm, jobs, log)

@@ -57,7 +57,7 @@ class ScanConfig:
     fwd_maxnreg: Optional[int] = None  # register cap of the forward kernel (None: the compiler's choice)
     bwd_kind: str = "seq"
     bwd_tile: int = 2
-    bc_ahead: bool = False  # forward: load each step's B/C one step ahead (triton_fwd._seq_step)
+    bc_ahead: Optional[bool] = None  # forward: B/C loaded one step ahead (None: see bc_ahead_default)
 
     def __post_init__(self):
         if self.bwd_kind not in BWD_KINDS:
@@ -130,6 +130,18 @@ def default_config(length: int) -> ScanConfig:
     while chunk > 16 and (-length % chunk) * 8 > length:
         chunk //= 2
     return ScanConfig(chunk, *DEFAULT_TILES[chunk], bwd_kind=BWD_KIND)
+
+
+def bc_ahead_default(length: int, channel_last_layout: bool, bidirectional: bool) -> bool:
+    """Whether the forward loads B/C one step ahead, by what the H200 measured (2026-11-29, bf16,
+    CUDA-graph forward times, benchmarks/results/selective_scan_2026-11-29_ahead*): ahead was
+    faster for single scans on channel-last inputs at every row (0.96-0.62x the time) and on
+    time-contiguous ones from Vim-S 1024 px (4097 steps) up (0.74-0.71x; 1.03-1.04x slower at 197
+    and 785 steps), and for fused bidirectional scans on time-contiguous inputs at every row;
+    on channel-last ones it was 1.01-1.06x slower up to 8192 steps and 0.85x the time at 131k."""
+    if bidirectional and channel_last_layout:
+        return length > 16384
+    return channel_last_layout or bidirectional or length > 2048
 
 
 def _config(dim: int, length: int, block_limit: int):
@@ -246,7 +258,8 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus, scale, need_ckpt, need
     seg = torch.empty((ndir, batch, dim, n_segs, d_state), **f32) if n_segs > 1 else h_final
     segdt = torch.empty((ndir, batch, dim, n_segs), **f32) if n_segs > 1 else h_final
     Bk, Ck = _stage_bc(B, b_const, n_tiles * tile), _stage_bc(C, c_const, n_tiles * tile)
-    kernel = seq_forward_kernel(d_state, tile, bidir, cl, cfg.bc_ahead)
+    ahead = bc_ahead_default(length, cl, bidir) if cfg.bc_ahead is None else cfg.bc_ahead
+    kernel = seq_forward_kernel(d_state, tile, bidir, cl, ahead)
     zs = z if z is not None else out
     strides = ((*u.stride()[:2], u.stride(3), *delta.stride()[:2], delta.stride(3), zs.stride(0), zs.stride(2),
                 out.stride(0), out.stride(2)) if cl else (0,) * 10)

@@ -40,8 +40,9 @@ Registers (offline ``triton.compile`` for sm_90 on a 2-core CPU host, triton 3.8
 kernel, 8.7 s to compile; S = 4: 255 + 256 B stack, 22 s; S = 8 (earlier revision): 255 + 1808 B,
 79 s. The STATE_PASS variant: 96 registers, 1.3 s. Hence S = 2 by default.
 
-Per sub-tile the u/delta/dout/z tiles are loaded coalesced ([BLOCK_D, S], threads along time)
-and split into per-step columns (one shared-memory conversion per tile, as in the forward);
+Per sub-tile the u/delta/dout/z tiles are loaded coalesced ([BLOCK_D, S], threads along time,
+or along channels for channel-last tensors) and split into per-step columns (one shared-memory
+conversion per time-contiguous tile, as in the forward);
 per-step channel sums of g B and A g a h[t-1] are joined back into tiles, from which du and
 ddelta are formed and stored coalesced. B/C per token are staged by the launcher into fp32
 (.., Lp, N) rows (``stage_bc_kernel``, as for the forward): N/4 broadcast 16-byte loads per

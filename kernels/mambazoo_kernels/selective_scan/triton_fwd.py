@@ -5,6 +5,9 @@ bidirectional scan, whose direction is grid axis 2):
 
     u, delta          (ndir, batch, dim, L) contiguous, fp32/bf16/fp16
     z, out            (batch, dim, L) contiguous (shared by both directions)
+                      or all four channel-last ((.., L, dim) memory, any time/batch strides):
+                      a tile's rows are then its steps and need no layout conversion
+                      (``ROWS_CHANNEL_LAST``; the mixers' linear layers produce this layout)
     A                 (ndir, dim, N) fp32;  D, delta_bias (ndir, dim) fp32
     B, C per token    (ndir, batch, groups, N, L), any strides, passed explicitly (backward);
                       the forward reads them staged as fp32 (ndir, batch, groups, Lp, N)
@@ -20,8 +23,9 @@ a program owns ``BLOCK_D = 32 * num_warps`` channels (all in one B/C group), eac
 its channel's N states as N separate fp32 scalars (the source is generated per N), and the
 sequence is walked in tiles of T steps. A [BLOCK_D, T] tile of u and delta is loaded coalesced
 (threads along time) one tile ahead, converted once per tile to a layout holding a whole row per
-thread, and split into its T columns (register renames); step j then updates all N states of
-the thread's channel. B and C per token are staged once per call into fp32 (.., Lp, N) buffers
+thread (channel-last tiles load that way), and split into its T columns (register renames); step
+j then updates all N states of the thread's channel, with its B/C loaded in the step or one step
+ahead (``bc_ahead``). B and C per token are staged once per call into fp32 (.., Lp, N) buffers
 (``stage_bc_kernel``), so one step's N values are 16-byte vectors that every thread of the
 program loads as broadcasts (N / 4 loads per step instead of N). The output columns are joined
 back into a tile, gated by z and stored coalesced. The state is stored on every chunk edge of the

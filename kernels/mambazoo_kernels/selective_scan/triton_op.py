@@ -5,8 +5,10 @@ gets a leading axis of size ``ndir`` (1 or 2) and the same forward kernel (``tri
 sequential, one thread per channel) and backward kernel (``triton_bwd_seq``, sequential like the
 forward, recomputing the states from the forward's checkpoints; or, with
 ``ScanConfig.bwd_kind == "chunk"`` / ``MAMBAZOO_SCAN_BWD=chunk``, ``triton_bwd``: time-parallel
-chunks, slower on the H200 and minutes to compile) serve both.
-Launchers make no ``torch.cuda`` call, so the same code runs the kernels on CPU tensors under
+chunks, slower on the H200 and minutes to compile) serve both. u, delta and z are read where
+they lie when all three are channel-last views (``channel_last``: the mixers' layout), and the
+output and the gradients of u/delta/z come back channel-last then; otherwise they are made
+time-contiguous. Launchers make no ``torch.cuda`` call, so the same code runs the kernels on CPU tensors under
 ``TRITON_INTERPRET=1``.
 """
 from __future__ import annotations
@@ -46,7 +48,8 @@ class ScanConfig:
     the forward: one channel per thread in programs of ``fwd_warps`` warps, each chunk walked in
     sub-tiles of ``bwd_tile`` steps) or ``"chunk"`` (``triton_bwd``, time-parallel: a chunk is
     split over ``chunk // bwd_vec`` threads holding ``bwd_vec`` consecutive steps each, the rest of
-    a warp's 32 threads and the ``bwd_warps`` warps take channels)."""
+    a warp's 32 threads and the ``bwd_warps`` warps take channels). ``bc_ahead``: the forward
+    loads each step's B/C one step ahead (None: :func:`bc_ahead_default`'s measured rule)."""
 
     chunk: int = 64
     fwd_tile: int = 8

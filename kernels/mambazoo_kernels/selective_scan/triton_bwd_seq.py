@@ -68,8 +68,8 @@ import functools
 import textwrap
 
 from .triton_bwd import dz_code
-from .triton_fwd import (DT_FROM_PRE, HEADER, PROGRAM_ROWS, _bc_step_loads, _time, column_join, column_split,
-                         load_generated, per_state)
+from .triton_fwd import (DT_FROM_PRE, FORWARD_ROWS, HEADER, PROGRAM_ROWS, _bc_step_loads, _time, column_join,
+                         column_split, load_generated, per_state, row_bases)
 
 SIGNATURE = """
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
@@ -87,21 +87,9 @@ RUNTIME_ARGS = ["batch", "dim", "L", "Lp", "cpg_B", "cpg_C", "n_segs", "seg_chun
                 "su_dir", "su_b", "su_t", "sd_dir", "sd_b", "sd_t", "sz_b", "sz_t", "so_b", "so_t", "sg_dir", "sg_b",
                 "sg_t"]
 
-# Row bases as in the forward (``triton_fwd.ROWS_*``); dout, ypre and dz share ``o_row``, du and
-# ddelta ``g_row`` (the launcher allocates the gradients dense).
-ROWS_TIME_CONTIGUOUS = """
-    u_row = x_row
-    d_row = x_row
-    g_row = x_row
-    o_row = z_row
-"""
-ROWS_CHANNEL_LAST = """
-    u_row = dir64 * su_dir + pid_b * su_b + offs_d64
-    d_row = dir64 * sd_dir + pid_b * sd_b + offs_d64
-    g_row = dir64 * sg_dir + pid_b * sg_b + offs_d64
-    z_row = pid_b * sz_b + offs_d64
-    o_row = pid_b * so_b + offs_d64
-"""
+# Row bases (``triton_fwd.row_bases``): dout, ypre and dz share ``o_row``, du and ddelta ``g_row``
+# (the launcher allocates the gradients dense).
+ROWS = FORWARD_ROWS + [("g_row", "sg_dir", "sg_b", "x_row")]
 
 SETUP = PROGRAM_ROWS + """
     blk_row = (dir64 * batch + pid_b) * tl.num_programs(0) + pid_d
@@ -307,7 +295,7 @@ def _source(name: str, d_state: int, tile: int, bidir: bool, cl: bool) -> str:
     src = HEADER + (f"\nN_STATE = tl.constexpr({d_state})\nNP = tl.constexpr({_pow2(d_state)})\n"
                     f"T = tl.constexpr({tile})\nLN2 = tl.constexpr(0.6931471805599453)\n"
                     f"RUNTIME_ARGS = {RUNTIME_ARGS!r}\n")
-    src += SIGNATURE.format(name=name) + SETUP + (ROWS_CHANNEL_LAST if cl else ROWS_TIME_CONTIGUOUS)
+    src += SIGNATURE.format(name=name) + SETUP + row_bases(cl, ROWS)
     src += per_state(PER_STATE, d_state, 4) + "\n"
     chunk = "i = i_start + i_end - 1 - ii\n"
     # Pass 1: the chunk's sub-tile start states into hbuf. The barriers (two per chunk) order

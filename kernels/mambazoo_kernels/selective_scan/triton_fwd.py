@@ -7,7 +7,7 @@ bidirectional scan, whose direction is grid axis 2):
     z, out            (batch, dim, L) contiguous (shared by both directions)
                       or all four channel-last ((.., L, dim) memory, any time/batch strides):
                       a tile's rows are then its steps and need no layout conversion
-                      (``ROWS_CHANNEL_LAST``; the mixers' linear layers produce this layout)
+                      (``row_bases``; the mixers' linear layers produce this layout)
     A                 (ndir, dim, N) fp32;  D, delta_bias (ndir, dim) fp32
     B, C per token    (ndir, batch, groups, N, L), any strides, passed explicitly (backward);
                       the forward reads them staged as fp32 (ndir, batch, groups, Lp, N)
@@ -415,21 +415,26 @@ SEQ_RUNTIME_ARGS = ["batch", "dim", "L", "Lp", "cpg_B", "cpg_C", "n_segs", "seg_
                     "n_ck", "has_init", "store_ckpt", "store_ypre", "su_dir", "su_b", "su_t", "sd_dir", "sd_b",
                     "sd_t", "sz_b", "sz_t", "so_b", "so_t"]
 
-# Row bases of u, delta, z and out ([BLOCK_D], int64). Time-contiguous tensors (the default
-# layout, made contiguous by the launcher) step by 1 along time; channel-last ones ((batch, L, dim)
-# memory seen as (batch, dim, L): what in_proj, x_proj and the conv produce in a Mamba mixer) step by
-# their time stride, and the channels of a program are consecutive addresses.
-ROWS_TIME_CONTIGUOUS = """
-    u_row = x_row
-    d_row = x_row
-    o_row = z_row
-"""
-ROWS_CHANNEL_LAST = """
-    u_row = dir64 * su_dir + pid_b * su_b + offs_d64
-    d_row = dir64 * sd_dir + pid_b * sd_b + offs_d64
-    z_row = pid_b * sz_b + offs_d64
-    o_row = pid_b * so_b + offs_d64
-"""
+def row_bases(channel_last: bool, bases) -> str:
+    """Source lines setting the row bases ([BLOCK_D], int64) of the kernel's (.., dim, L) tensors;
+    ``bases``: (name, direction stride or None, batch stride, time-contiguous base) each.
+
+    Time-contiguous tensors (made contiguous by the launcher) use the program's ``x_row`` /
+    ``z_row`` and step by 1 along time; channel-last ones ((.., L, dim) memory seen as (.., dim, L):
+    what in_proj, x_proj and the conv produce in a Mamba mixer) start at their own strides, step
+    by their time stride, and the channels of a program are consecutive addresses."""
+    lines = []
+    for name, s_dir, s_b, contiguous in bases:
+        if channel_last:
+            lines.append(f"    {name} = {'dir64 * ' + s_dir + ' + ' if s_dir else ''}pid_b * {s_b} + offs_d64")
+        elif name != contiguous:
+            lines.append(f"    {name} = {contiguous}")
+    return "\n" + "\n".join(lines) + "\n"
+
+
+# u, delta, z and out (out and the bidirectional scratch/ypre share o_row).
+FORWARD_ROWS = [("u_row", "su_dir", "su_b", "x_row"), ("d_row", "sd_dir", "sd_b", "x_row"),
+                ("z_row", None, "sz_b", "z_row"), ("o_row", None, "so_b", "z_row")]
 
 
 def _time(expr: str, stride: str, channel_last: bool) -> str:
@@ -561,7 +566,7 @@ def _seq_fwd_source(name: str, d_state: int, tile: int, bidir: bool, channel_las
     src = HEADER + (f"\nN_STATE = tl.constexpr({d_state})\nT = tl.constexpr({tile})\n"
                     f"SEQ_RUNTIME_ARGS = {SEQ_RUNTIME_ARGS!r}\n")
     src += SEQ_SIGNATURE.format(name=name) + SEQ_SETUP
-    src += ROWS_CHANNEL_LAST if channel_last else ROWS_TIME_CONTIGUOUS
+    src += row_bases(channel_last, FORWARD_ROWS)
     src += per_state(SEQ_PER_STATE, d_state, 4) + "\n"
     src += _seq_tile_load(channel_last, d_state, bc_ahead) + per_state(SEQ_CKPT_STORE, d_state, 16) + "\n" + SEQ_DT
     split = column_split("dt", [f"dtm_{j}" for j in range(tile)], "_dt") + _processing_order("dt", tile, bidir)
@@ -586,7 +591,7 @@ def _seq_fwd_source(name: str, d_state: int, tile: int, bidir: bool, channel_las
 def seq_forward_kernel(d_state: int, tile: int, bidir: bool, channel_last: bool = False, bc_ahead: bool = False):
     """The sequential forward kernel: ``d_state`` states per thread, tiles of ``tile`` steps, with
     ``bidir`` grid axis 2 = direction x segment, with ``channel_last`` u/delta/z/out in
-    channel-last memory (``ROWS_CHANNEL_LAST``), with ``bc_ahead`` each step's B/C loaded one step
+    channel-last memory (``row_bases``), with ``bc_ahead`` each step's B/C loaded one step
     ahead (see :func:`_seq_step`)."""
     name = (f"ss_fwd_seq_n{d_state}_t{tile}_{'bi' if bidir else 'uni'}{'_cl' if channel_last else ''}"
             f"{'_ahead' if bc_ahead else ''}")

@@ -247,7 +247,8 @@ def _scan_grads_fake(dout, dfinal_state, *inputs):
     u, delta, z, use_triton = inputs[0], inputs[1], inputs[6], inputs[-1]
     if not (use_triton and channel_last(u, delta, z)):
         return grads
-    return tuple(new_scan_output(g, g.shape, True) if i in (0, 1, 6) and g.dim() >= 3 else g for i, g in enumerate(grads))
+    return tuple(new_scan_output(g, g.shape, True) if i in (0, 1, 6) and g.dim() >= 3 else g
+                 for i, g in enumerate(grads))
 
 
 _register_scan_autograd(selective_scan_op, selective_scan_backward_op, len(SCAN_INPUTS), grads_fake=_scan_grads_fake)

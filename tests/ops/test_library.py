@@ -110,8 +110,9 @@ def test_opcheck_triton_scan(bidirectional, channel_last):
 
 
 @pytest.mark.parametrize("use_triton", [False, True])
-@pytest.mark.parametrize("with_bias,silu,reverse,channel_last", [(True, True, False, False), (False, False, True, False),
-                                                                 (True, True, True, True)])
+@pytest.mark.parametrize("with_bias,silu,reverse,channel_last", [
+    (True, True, False, False), (False, False, True, False), (True, True, True, True),
+])
 def test_opcheck_causal_conv1d(use_triton, with_bias, silu, reverse, channel_last):
     dtype = torch.float32 if use_triton else torch.float64
     x = torch.randn(2, 5, 11, dtype=dtype)

@@ -270,15 +270,16 @@ def channel_last_view(t):
     return t.transpose(-1, -2).contiguous().transpose(-1, -2)
 
 
-@pytest.mark.parametrize("bidirectional,bc_ahead,segments", [
-    (False, False, None), (False, True, 3), (True, False, 3), (True, True, None),
+@pytest.mark.parametrize("bidirectional,bc_ahead,segments,bwd_kind", [
+    (False, False, None, "seq"), (False, True, 3, "seq"), (True, False, 3, "seq"), (True, True, None, "seq"),
+    (True, False, None, "chunk"),
 ])
-def test_channel_last_inputs_match_float64_oracle(bidirectional, bc_ahead, segments, config):
+def test_channel_last_inputs_match_float64_oracle(bidirectional, bc_ahead, segments, bwd_kind, config):
     # u/delta/z as views of (batch, L, dim) memory (the mixers' layout): read in place by the
-    # channel-last kernels (forward and sequential backward); output and their gradients come
-    # back channel-last.
+    # channel-last kernels (forward and sequential backward; the chunk backward gets contiguous
+    # copies); output and their gradients come back channel-last.
     length = 37
-    config(length=length, bc_ahead=bc_ahead, segments=segments, bwd_kind="seq")
+    config(length=length, bc_ahead=bc_ahead, segments=segments, bwd_kind=bwd_kind)
     fwd = make_inputs(2, 6, length, 4, "grouped", 2, dtype=torch.float32, with_state=True, seed=12)
     if bidirectional:
         rev = make_inputs(2, 6, length, 4, "grouped", 2, dtype=torch.float32, with_state=True, seed=13)

@@ -8,8 +8,8 @@ forward, recomputing the states from the forward's checkpoints; or, with
 chunks, slower on the H200 and minutes to compile) serve both. u, delta and z are read where
 they lie when all three are channel-last views (``channel_last``: the mixers' layout), and the
 output and the gradients of u/delta/z come back channel-last then; otherwise they are made
-time-contiguous. Launchers make no ``torch.cuda`` call, so the same code runs the kernels on CPU tensors under
-``TRITON_INTERPRET=1``.
+time-contiguous. Launchers make no ``torch.cuda`` call, so the same code runs the kernels on CPU
+tensors under ``TRITON_INTERPRET=1``.
 """
 from __future__ import annotations
 
@@ -322,11 +322,10 @@ def _backward(u, delta, A, B, C, D, z, bias, saved: _Saved, dout, dh_final, soft
     elif cl:  # dout, ypre and dz share one layout: (batch, L, dim) memory
         dout = _dense_channel_last(dout)
         saved = dataclasses.replace(saved, ypre=None if saved.ypre is None else _dense_channel_last(saved.ypre))
-    # gradients come back in their input's layout (dense)
-    du = new_scan_output(u, u.shape, cl)
-    ddelta = new_scan_output(delta, delta.shape, cl)
-    dz = new_scan_output(z, z.shape, cl) if z is not None else None
     kernel_cl = cl and seq
+    du = new_scan_output(u, u.shape, kernel_cl)
+    ddelta = new_scan_output(delta, delta.shape, kernel_cl)
+    dz = new_scan_output(z, z.shape, kernel_cl) if z is not None else None
     strides = ((*u.stride()[:2], u.stride(3), *delta.stride()[:2], delta.stride(3),
                 *((z.stride(0), z.stride(2)) if z is not None else (0, 0)), dout.stride(0), dout.stride(2),
                 *du.stride()[:2], du.stride(3)) if kernel_cl else (0,) * 13)
@@ -380,8 +379,6 @@ def _backward(u, delta, A, B, C, D, z, bias, saved: _Saved, dout, dh_final, soft
             STATE_PASS=state_pass, num_warps=cfg.bwd_warps,
         )
 
-    if cl and not seq:
-        du, ddelta, dz = (None if t is None else t.contiguous() for t in (du, ddelta, dz))  # for the kernel
     if n_segs > 1:
         launch(True, None)
         _combine_segments(seg, saved.segdt, A, dh_final, reverse=True)
@@ -395,7 +392,7 @@ def _backward(u, delta, A, B, C, D, z, bias, saved: _Saved, dout, dh_final, soft
         groups = like.shape[2]
         return part.view(ndir, batch, groups, n_blocks // groups, d_state, length).sum(3).to(like.dtype)
 
-    if cl and not seq:
+    if cl and not kernel_cl:  # gradients come back in their inputs' layout
         du, ddelta, dz = (None if t is None else _dense_channel_last(t) for t in (du, ddelta, dz))
     return (
         du, ddelta, dA.sum((1, 3)), bc_grad(dB, b_const, B), bc_grad(dC, c_const, C),

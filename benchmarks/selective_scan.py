@@ -74,6 +74,7 @@ CONFIGS = {
     "noahead": {"bc_ahead": False},
     "w4a": {"fwd_warps": 4},
     "ahead4": {"bc_ahead": True, "fwd_warps": 4},
+    "tsum": {"bwd_sum": "transpose"},
     "c64": (64, 8, 4, 8, 4, None, None, "chunk"),
     "c16": (16, 8, 4, 4, 4, None, None, "chunk"),
     "t16": (64, 16, 4, 8, 4),

@@ -307,6 +307,19 @@ def test_channel_last_inputs_match_float64_oracle(bidirectional, bc_ahead, segme
         assert rel_err(a, b) < 1e-4, (name, rel_err(a, b))
 
 
+@pytest.mark.parametrize("dim,channel_last,segments", [(6, False, None), (40, True, 2)])
+def test_transposed_channel_sums_match_float64_oracle(dim, channel_last, segments, config):
+    # ScanConfig.bwd_sum="transpose": dB/dC summed over a program's channels (8 or 32 here) by
+    # halving the channel axis instead of shuffle trees; partial last block when dim = 6 or 40.
+    length = 29
+    config(length=length, bwd_sum="transpose", segments=segments, bwd_kind="seq")
+    args = make_inputs(2, dim, length, 4, "token", 1, dtype=torch.float32, with_state=True, seed=14)
+    args = {k: v for k, v in args.items() if k != "delta_softplus"}
+    if channel_last:
+        args.update({name: channel_last_view(args[name]) for name in ("u", "delta", "z")})
+    check_against_oracle({**args, "delta_softplus": True}, 2e-5, 1e-4)
+
+
 TRANSPOSED_CHECK = """
 import os, sys, torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))

@@ -61,10 +61,13 @@ class ScanConfig:
     bwd_kind: str = "seq"
     bwd_tile: int = 2
     bc_ahead: Optional[bool] = None  # forward: B/C loaded one step ahead (None: see bc_ahead_default)
+    bwd_sum: str = "shuffle"  # sequential backward's dB/dC channel sums: "shuffle" trees or a "transpose"
 
     def __post_init__(self):
         if self.bwd_kind not in BWD_KINDS:
             raise ValueError(f"bwd_kind must be one of {BWD_KINDS}, got {self.bwd_kind!r}")
+        if self.bwd_sum not in BWD_SUMS:
+            raise ValueError(f"bwd_sum must be one of {BWD_SUMS}, got {self.bwd_sum!r}")
 
     def block_d(self, backward: bool) -> int:
         if backward:
@@ -81,6 +84,7 @@ class ScanConfig:
 DEFAULT_TILES = {16: (8, 1, 4, 4), 32: (8, 1, 4, 4), 64: (8, 1, 8, 4)}
 
 BWD_KINDS = ("chunk", "seq")
+BWD_SUMS = ("shuffle", "transpose")
 
 
 def _bwd_kind_from_env() -> str:
@@ -349,7 +353,7 @@ def _backward(u, delta, A, B, C, D, z, bias, saved: _Saved, dout, dh_final, soft
         n_chunks = triton_cdiv(length, chunk)
         Bk, Ck = _stage_bc(B, b_const, n_chunks * chunk), _stage_bc(C, c_const, n_chunks * chunk)
         hbuf = torch.empty((n_blocks * batch * ndir * n_segs, chunk // sub, d_state, block_d), **f32)
-        kernel = seq_backward_kernel(d_state, sub, bidir, kernel_cl)
+        kernel = seq_backward_kernel(d_state, sub, bidir, kernel_cl, cfg.bwd_sum == "transpose")
     else:
         kernel = chunk_backward_kernel(d_state, bidir, cfg.bwd_vec)
 

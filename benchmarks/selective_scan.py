@@ -75,6 +75,7 @@ CONFIGS = {
     "w4a": {"fwd_warps": 4},
     "ahead4": {"bc_ahead": True, "fwd_warps": 4},
     "tsum": {"bwd_sum": "transpose"},
+    "shuf": {"bwd_sum": "shuffle"},
     "c64": (64, 8, 4, 8, 4, None, None, "chunk"),
     "c16": (16, 8, 4, 4, 4, None, None, "chunk"),
     "t16": (64, 16, 4, 8, 4),

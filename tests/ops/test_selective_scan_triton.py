@@ -307,12 +307,14 @@ def test_channel_last_inputs_match_float64_oracle(bidirectional, bc_ahead, segme
         assert rel_err(a, b) < 1e-4, (name, rel_err(a, b))
 
 
-@pytest.mark.parametrize("dim,channel_last,segments", [(6, False, None), (40, True, 2)])
-def test_transposed_channel_sums_match_float64_oracle(dim, channel_last, segments, config):
-    # ScanConfig.bwd_sum="transpose": dB/dC summed over a program's channels (8 or 32 here) by
-    # halving the channel axis instead of shuffle trees; partial last block when dim = 6 or 40.
+@pytest.mark.parametrize("dim,channel_last,segments,bwd_sum", [
+    (6, False, None, "transpose"), (40, True, 2, "transpose"), (40, False, None, "shuffle"),
+])
+def test_channel_sums_match_float64_oracle(dim, channel_last, segments, bwd_sum, config):
+    # ScanConfig.bwd_sum: dB/dC summed over a program's channels (8 or 32 here) by halving the
+    # channel axis ("transpose", the default) or by shuffle trees; partial last block at dim 6 / 40.
     length = 29
-    config(length=length, bwd_sum="transpose", segments=segments, bwd_kind="seq")
+    config(length=length, bwd_sum=bwd_sum, segments=segments, bwd_kind="seq")
     args = make_inputs(2, dim, length, 4, "token", 1, dtype=torch.float32, with_state=True, seed=14)
     args = {k: v for k, v in args.items() if k != "delta_softplus"}
     if channel_last:

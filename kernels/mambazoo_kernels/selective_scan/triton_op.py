@@ -61,7 +61,10 @@ class ScanConfig:
     bwd_kind: str = "seq"
     bwd_tile: int = 2
     bc_ahead: Optional[bool] = None  # forward: B/C loaded one step ahead (None: see bc_ahead_default)
-    bwd_sum: str = "shuffle"  # sequential backward's dB/dC channel sums: "shuffle" trees or a "transpose"
+    # sequential backward's dB/dC channel sums: a "transpose" (H200, 2026-11-29: fwd+bwd 2.007 vs
+    # 2.127 ms at Vim-S 224, 3.136 vs 3.295 ms at 1024 px; results/selective_scan_2026-11-29_tsum*)
+    # or "shuffle" trees
+    bwd_sum: str = "transpose"
 
     def __post_init__(self):
         if self.bwd_kind not in BWD_KINDS:

@@ -15,15 +15,18 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.mark.parametrize("op,shape,kernels", [
-    ("scan", "2,64,40,16", {"stage_bc_kernel", "ss_fwd_seq_n16_t8_uni", "ss_bwd_seq_n16_t2_uni"}),
-    ("ssd", "2,40,2,16,16", {"ssd_fwd_kernel", "ssd_bwd_kernel"}),
+@pytest.mark.parametrize("op,shape,extra,kernels", [
+    ("scan", "2,64,40,16", [], {"stage_bc_kernel", "ss_fwd_seq_n16_t8_uni", "ss_bwd_seq_n16_t2_uni_tsum"}),
+    ("scan", "2,64,40,16", ["--channel-last", "--bidirectional"],
+     {"ss_fwd_seq_n16_t8_bi_cl", "ss_bwd_seq_n16_t2_bi_cl_tsum"}),
+    ("ssd", "2,40,2,16,16", [], {"ssd_fwd_kernel", "ssd_bwd_kernel"}),
 ])
-def test_forward_and_backward_kernels_compile_for_sm90(op, shape, kernels, tmp_path):
+def test_forward_and_backward_kernels_compile_for_sm90(op, shape, extra, kernels, tmp_path):
     env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path)}
     env.pop("TRITON_INTERPRET", None)
     done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "offline_compile.py"), op,
-                           "--shape", shape, "--backward"], env=env, capture_output=True, text=True, cwd=ROOT)
+                           "--shape", shape, "--backward", *extra], env=env, capture_output=True, text=True,
+                          cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     results = {lines[i].split()[0]: ast.literal_eval(lines[i + 1].strip()) for i in range(1, len(lines) - 1, 2)}

@@ -50,12 +50,11 @@ step, loaded again in the adjoint steps (L1 hits) rather than held in registers.
 
 Determinism: no float atomics. dB/dC per token are, per step, the N products of every thread
 joined into one [BLOCK_D, NP] tile (NP = N padded to a power of two) and summed over the
-program's channels (a shuffle tree per value plus one shared-memory exchange between warps),
-then written as per-block partials (ndir, batch, n_blocks, L, N); dA, dD, d delta_bias and
-constant dB/dC are per-channel register sums written per (batch, segment); the launcher sums
-partials with ``torch.sum``. dC's products need no adjoint, so that reduction runs before the
-adjoint steps (fewer live registers). These two reductions per step (2 x NP x 5 shuffles per
-thread) are the part of this kernel most likely to cost more than its exps.
+program's channels (by default as a transpose through shared memory, ``CHANNEL_SUM``; or a
+shuffle tree per value, 2 x NP x 5 shuffles per thread and step), then written as per-block
+partials (ndir, batch, n_blocks, L, N); dA, dD, d delta_bias and constant dB/dC are per-channel
+register sums written per (batch, segment); the launcher sums partials with ``torch.sum``. dC's
+products need no adjoint, so that reduction runs before the adjoint steps (fewer live registers).
 
 Both directions run the same code (direction 1 walks chunks, sub-tiles and steps the other way,
 tiles stay in memory order); segments (``STATE_PASS``: the adjoint recurrence alone from a zero

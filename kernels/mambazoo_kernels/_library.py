@@ -83,7 +83,7 @@ def _grads_fake(inputs: Sequence[Optional[Tensor]]) -> Tuple[Tensor, ...]:
 
 
 def _register_scan_autograd(forward_op, backward_op, n_grad_inputs: int, n_saved_inputs: int = 0,
-                            grads_fake: Callable = None) -> None:
+                            grads_fake: Optional[Callable] = None) -> None:
     """Autograd of a scan op (selective scan, SSD): save the inputs and the stored outputs, call the
     backward op; and the backward op's fake implementation.
 

@@ -4,8 +4,9 @@ Parameter names follow mamba_ssm (``in_proj``, ``conv1d``, ``x_proj``, ``dt_proj
 ``D``, ``out_proj``) and Vim for the reversed direction (``conv1d_b``, ``x_proj_b``,
 ``dt_proj_b``, ``A_b_log``, ``D_b``), so official checkpoints load without renames.
 
-Layouts: the mixers take and return ``(batch, length, d_model)``; inside, channel-major
-``(batch, d_inner, length)`` is what the kernels read.
+Layouts: the mixers take and return ``(batch, length, d_model)``; inside, the kernels take
+``(batch, d_inner, length)`` tensors, here transposed views of the linear layers' ``(batch, length,
+d_inner)`` outputs (channel-last), which the Triton conv and scan read and write in place.
 """
 from __future__ import annotations
 

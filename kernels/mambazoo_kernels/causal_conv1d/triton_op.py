@@ -8,7 +8,6 @@ from typing import Optional
 import torch
 
 from .._library import channel_last, new_scan_output
-
 from .triton_bwd import conv_backward_kernel
 from .triton_fwd import conv_forward_kernel
 

@@ -143,7 +143,7 @@ def channel_last(*tensors: Optional[Tensor]) -> bool:
     """Whether every given ``(..., dim, L)`` tensor is a channel-last view (``stride(-2) == 1``:
     ``(..., L, dim)`` memory, what linear layers produce). The Triton scan reads u/delta/z in place
     then and writes its output (and bidirectional ``ypre``) channel-last too."""
-    return all(t is None or (t.stride(-2) == 1 and t.shape[-2] > 1) for t in tensors)
+    return all(t is None or (t.dim() >= 2 and t.stride(-2) == 1 and t.shape[-2] > 1) for t in tensors)
 
 
 def new_scan_output(like: Tensor, shape: Sequence[int], channel_last_layout: bool) -> Tensor:

@@ -146,7 +146,7 @@ def channel_last(*tensors: Optional[Tensor]) -> bool:
     return all(t is None or (t.dim() >= 2 and t.stride(-2) == 1 and t.shape[-2] > 1) for t in tensors)
 
 
-def new_scan_output(like: Tensor, shape: Sequence[int], channel_last_layout: bool) -> Tensor:
+def empty_in_layout(like: Tensor, shape: Sequence[int], channel_last_layout: bool) -> Tensor:
     """An empty ``(..., dim, L)`` tensor in time-contiguous or channel-last memory."""
     if channel_last_layout:
         return like.new_empty((*shape[:-2], shape[-1], shape[-2])).transpose(-1, -2)
@@ -158,14 +158,14 @@ def _scan_forward_fake(bidirectional, inputs, use_triton, save):
     lead = u.shape[:-3]
     batch, dim, length = u.shape[-3:]
     cl = use_triton and channel_last(u, delta, z)
-    out = new_scan_output(u, (batch, dim, length), cl)
+    out = empty_in_layout(u, (batch, dim, length), cl)
     state = u.new_empty((*lead, batch, dim, A.shape[-1]), dtype=torch.promote_types(u.dtype, torch.float32))
     if use_triton:
         ckpt, ypre, segdt = _triton_scan().saved_shapes(u, delta, A, B, C, z, bidirectional, save)
     else:
         ckpt = ypre = segdt = (0,)
     f32 = torch.float32
-    ypre = new_scan_output(u, ypre, cl) if len(ypre) == 3 else u.new_empty(ypre)
+    ypre = empty_in_layout(u, ypre, cl) if len(ypre) == 3 else u.new_empty(ypre)
     return out, state, u.new_empty(ckpt, dtype=f32), ypre, u.new_empty(segdt, dtype=f32)
 
 
@@ -247,7 +247,7 @@ def _scan_grads_fake(dout, dfinal_state, *inputs):
     u, delta, z, use_triton = inputs[0], inputs[1], inputs[6], inputs[-1]
     if not (use_triton and channel_last(u, delta, z)):
         return grads
-    return tuple(new_scan_output(g, g.shape, True) if i in (0, 1, 6) and g.dim() >= 3 else g
+    return tuple(empty_in_layout(g, g.shape, True) if i in (0, 1, 6) and g.dim() >= 3 else g
                  for i, g in enumerate(grads))
 
 
@@ -291,7 +291,7 @@ def causal_conv1d_backward_op(dout: Tensor, x: Tensor, weight: Tensor, bias: Opt
 
 @causal_conv1d_op.register_fake
 def _(x, weight, bias, silu, reverse, use_triton):
-    return new_scan_output(x, x.shape, use_triton and channel_last(x))
+    return empty_in_layout(x, x.shape, use_triton and channel_last(x))
 
 
 @causal_conv1d_backward_op.register_fake

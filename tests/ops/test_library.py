@@ -33,6 +33,8 @@ from mambazoo_kernels.selective_scan.reference import (
     bidirectional_selective_scan_reference, selective_scan_reference,
 )
 
+from test_selective_scan import channel_last_view
+
 ops = torch.ops.mambazoo
 SCAN_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
@@ -85,11 +87,6 @@ def test_opcheck_selective_scan_reference(bc, full):
 def test_opcheck_bidirectional_reference(average, full):
     args = with_grad(scan_inputs(prefix=(2,), bc="token", full=full))
     torch.library.opcheck(ops.bidirectional_selective_scan.default, op_args(args, True, average, False, False))
-
-
-def channel_last_view(t):
-    """``t`` (..., dim, L) as a view of (..., L, dim) memory, as a Mamba mixer's linear layers give it."""
-    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
 
 
 @pytest.mark.parametrize("channel_last", [False, True])

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from .._library import channel_last, new_scan_output
+from .._library import channel_last, empty_in_layout
 from .triton_bwd import conv_backward_kernel
 from .triton_fwd import conv_forward_kernel
 
@@ -41,7 +41,7 @@ def conv_forward(x, weight, bias, silu: bool, reverse: bool) -> torch.Tensor:
     channel-last when ``x`` is a channel-last view (the mixer's scan then reads it in place), else
     contiguous."""
     weight = weight.contiguous()
-    out = new_scan_output(x, x.shape, channel_last(x))
+    out = empty_in_layout(x, x.shape, channel_last(x))
     conv_forward_kernel[_grid(x)](
         x, weight, weight if bias is None else bias.contiguous(), out, x.shape[1], x.shape[2],
         *x.stride(), *out.stride(), **_flags(weight, bias, silu, reverse),

@@ -314,9 +314,9 @@ def _pow2(n: int) -> int:
 
 
 def _source(name: str, d_state: int, tile: int, bidir: bool, cl: bool, transpose_sum: bool) -> str:
-    src = HEADER + (CHANNEL_SUM if transpose_sum else "") + (f"\nN_STATE = tl.constexpr({d_state})\nNP = tl.constexpr({_pow2(d_state)})\n"
-                    f"T = tl.constexpr({tile})\nLN2 = tl.constexpr(0.6931471805599453)\n"
-                    f"RUNTIME_ARGS = {RUNTIME_ARGS!r}\n")
+    src = HEADER + (CHANNEL_SUM if transpose_sum else "")
+    src += (f"\nN_STATE = tl.constexpr({d_state})\nNP = tl.constexpr({_pow2(d_state)})\n"
+            f"T = tl.constexpr({tile})\nLN2 = tl.constexpr(0.6931471805599453)\nRUNTIME_ARGS = {RUNTIME_ARGS!r}\n")
     src += SIGNATURE.format(name=name) + SETUP + row_bases(cl, ROWS)
     src += per_state(PER_STATE, d_state, 4) + "\n"
     chunk = "i = i_start + i_end - 1 - ii\n"

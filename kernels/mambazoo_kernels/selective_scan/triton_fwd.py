@@ -415,6 +415,7 @@ SEQ_RUNTIME_ARGS = ["batch", "dim", "L", "Lp", "cpg_B", "cpg_C", "n_segs", "seg_
                     "n_ck", "has_init", "store_ckpt", "store_ypre", "su_dir", "su_b", "su_t", "sd_dir", "sd_b",
                     "sd_t", "sz_b", "sz_t", "so_b", "so_t"]
 
+
 def row_bases(channel_last: bool, bases) -> str:
     """Source lines setting the row bases ([BLOCK_D], int64) of the kernel's (.., dim, L) tensors;
     ``bases``: (name, direction stride or None, batch stride, time-contiguous base) each.
@@ -440,6 +441,7 @@ FORWARD_ROWS = [("u_row", "su_dir", "su_b", "x_row"), ("d_row", "sd_dir", "sd_b"
 def _time(expr: str, stride: str, channel_last: bool) -> str:
     """The [1, T] time offsets of a tile: ``expr`` steps of stride 1 or ``stride`` (64-bit)."""
     return f"({expr}).to(tl.int64)[None, :] * {stride}" if channel_last else f"({expr})[None, :]"
+
 
 SEQ_SETUP = PROGRAM_ROWS + """
     # Staged per-token B/C rows of this program's group: (ndir, batch, groups, Lp, N) fp32.
@@ -467,9 +469,6 @@ SEQ_PER_STATE = """
         Cc_@n = tl.load(C_ptr + par * N_STATE + @n, mask=dmask, other=0.0)
 """
 
-# Tile i (processing order) of the direction is memory tile k; the next tile's u and delta are
-# loaded before this tile's steps run (their latency hides behind T steps of work). Prefetching
-# z and the next tile's B/C rows too measured slower (0.421 vs 0.352 ms at Vim-S 224, NOTES.md).
 def _seq_tile_load(cl: bool, d_state: int, bc_ahead: bool) -> str:
     """Tile i (processing order) of the direction is memory tile k; the next tile's u and delta are
     loaded before this tile's steps run (their latency hides behind T steps of work). Prefetching

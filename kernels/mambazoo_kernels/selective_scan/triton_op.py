@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from .._library import channel_last, new_scan_output
+from .._library import channel_last, empty_in_layout
 from .triton_bwd import chunk_backward_kernel
 from .triton_bwd_seq import seq_backward_kernel
 from .triton_fwd import segment_combine_kernel, seq_forward_kernel, stage_bc_kernel
@@ -258,13 +258,13 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus, scale, need_ckpt, need
     n_segs, seg_chunks = _segment_plan(cfg, batch, dim, ndir, n_chunks, block_d, u.device)
     f32 = dict(dtype=torch.float32, device=u.device)
     cl = channel_last(u, delta, z)
-    out = new_scan_output(u, (batch, dim, length), cl)
+    out = empty_in_layout(u, (batch, dim, length), cl)
     h_final = torch.empty((ndir, batch, dim, d_state), **f32)
     ckpt = torch.empty((ndir, batch, dim, n_chunks, d_state), **f32) if need_ckpt else h_final
     # the bidirectional scratch: one plane per direction, laid out like out
     ybuf = torch.empty((2, batch, length, dim) if cl else (2, batch, dim, length), **f32) if bidir else h_final
     flags = torch.zeros((batch, n_blocks, n_tiles), dtype=torch.int32, device=u.device) if bidir else h_final
-    ypre = new_scan_output(u, (batch, dim, length), cl) if need_ypre else out
+    ypre = empty_in_layout(u, (batch, dim, length), cl) if need_ypre else out
     seg = torch.empty((ndir, batch, dim, n_segs, d_state), **f32) if n_segs > 1 else h_final
     segdt = torch.empty((ndir, batch, dim, n_segs), **f32) if n_segs > 1 else h_final
     Bk, Ck = _stage_bc(B, b_const, n_tiles * tile), _stage_bc(C, c_const, n_tiles * tile)
@@ -330,9 +330,9 @@ def _backward(u, delta, A, B, C, D, z, bias, saved: _Saved, dout, dh_final, soft
         dout = _dense_channel_last(dout)
         saved = dataclasses.replace(saved, ypre=None if saved.ypre is None else _dense_channel_last(saved.ypre))
     kernel_cl = cl and seq
-    du = new_scan_output(u, u.shape, kernel_cl)
-    ddelta = new_scan_output(delta, delta.shape, kernel_cl)
-    dz = new_scan_output(z, z.shape, kernel_cl) if z is not None else None
+    du = empty_in_layout(u, u.shape, kernel_cl)
+    ddelta = empty_in_layout(delta, delta.shape, kernel_cl)
+    dz = empty_in_layout(z, z.shape, kernel_cl) if z is not None else None
     strides = ((*u.stride()[:2], u.stride(3), *delta.stride()[:2], delta.stride(3),
                 *((z.stride(0), z.stride(2)) if z is not None else (0, 0)), dout.stride(0), dout.stride(2),
                 *du.stride()[:2], du.stride(3)) if kernel_cl else (0,) * 13)

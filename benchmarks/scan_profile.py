@@ -32,6 +32,8 @@ def main():
     parser.add_argument("--shape", default="vim_s_224", choices=sorted(SHAPES))
     parser.add_argument("--bidirectional", action="store_true")
     parser.add_argument("--forward-only", action="store_true")
+    parser.add_argument("--channel-last", action="store_true",
+                        help="u/delta/z as (batch, L, dim) memory, the mixers' layout (read by selective_scan.make_args)")
     parser.add_argument("--config", type=ast.literal_eval, default=None, help="ScanConfig fields, e.g. (16, 8, 1)")
     opts = parser.parse_args()
     if opts.config is not None:

@@ -62,10 +62,11 @@ BYTES_PER_S = 4.22e12  # device-to-device copy, read + write
 MATMUL_FLOPS = 790e12  # bf16 8192^3 matmul
 ISSUE_TARGETS = {"fwd": {"vim_s_224": 2.0, "default": 1.3}, "fwdbwd": 1.5, "bidir": 1.6}
 # Tilings besides the automatic one: SSDConfig fields (chunk, block_p, fwd_warps, bwd_warps,
-# segments, target_programs). "c64" was the automatic tiling of the 2026-11-28 runs. block_p 32
+# segments). "c64" was the automatic tiling of the 2026-11-28 runs; "sK" fixes K sequence segments
+# (s5 / s6 / s44 / s66: the 2026-11-29 plan at LM 8k / Vim-S 1024 / packed / DNA 131k). block_p 32
 # at d_state 128 hit an illegal address on triton 3.6 (H200, 2026-11-28) and is left out.
 CONFIGS = {"c64": (64, 64), "c32": (32, 64), "w4": (64, 64, 4, 4), "w8": (64, 64, 8, 8),
-           "t16": (64, 64, None, None, None, 16 * 132)}
+           **{f"s{k}": (None, 64, None, None, k) for k in (1, 2, 4, 5, 6, 11, 16, 22, 33, 44, 66)}}
 
 
 def set_config(spec, segments=None):
@@ -372,7 +373,7 @@ def main():
                     "bidirectional rows",
               limits={"bytes_per_s": BYTES_PER_S, "matmul_flops": MATMUL_FLOPS},
               default_config="chunk 32 (64 for inference up to 256 tokens), block_p 64, warps fwd 4 (d_state <= 64) "
-                             "or 8, bwd 8, segments up to 4 x 132 programs",
+                             "or 8, bwd 8, segments by the waves x chunks model of triton_op._best_segments",
               configs=CONFIGS)
 
     def time_phase():

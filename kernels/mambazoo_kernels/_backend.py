@@ -6,6 +6,7 @@ for CUDA tensors when the op has one, and the PyTorch reference everywhere else.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Optional
 
@@ -13,6 +14,8 @@ import torch
 
 BACKEND_ENV = "MAMBAZOO_KERNEL_BACKEND"
 BACKENDS = ("auto", "reference", "triton")
+# The SM count the kernels' launch plans assume where no CUDA device is asked (H100/H200).
+DEFAULT_SMS = 132
 
 
 def select_backend(op: str, requested: Optional[str], device: torch.device, has_triton: bool) -> str:
@@ -57,3 +60,12 @@ def needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
     """Whether autograd will ask for gradients of any of ``tensors`` (``None`` allowed), so a Triton
     forward must store what its backward reads."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; :data:`DEFAULT_SMS` for any other device (CPU
+    tensors under the Triton interpreter, fake tensors without a GPU)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return DEFAULT_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from mambazoo_kernels import bidirectional_selective_scan, selective_scan
+from mambazoo_kernels._backend import DEFAULT_SMS
 from mambazoo_kernels.selective_scan import triton_op
 
 from test_selective_scan import channel_last_view, make_inputs, oracle, rel_err, stack_directions
@@ -131,7 +132,7 @@ def test_segment_plan_fills_whole_waves(batch, dim, length, segmented):
     n_segs, seg_chunks = triton_op._segment_plan(cfg, batch, dim, 1, n_chunks, block_d, torch.device("cpu"))
     assert (n_segs > 1) == segmented and (n_segs - 1) * seg_chunks < n_chunks <= n_segs * seg_chunks
     if segmented:
-        slots = triton_op.DEFAULT_SMS * triton_op.WARPS_PER_SM // (block_d // 32)
+        slots = DEFAULT_SMS * triton_op.WARPS_PER_SM // (block_d // 32)
         programs = batch * (dim // block_d) * n_segs
         assert programs % slots == 0 or programs % slots > slots * 3 // 4, (programs, slots)
 

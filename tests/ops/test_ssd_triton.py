@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from mambazoo_kernels import bidirectional_ssd, ssd
+from mambazoo_kernels._backend import DEFAULT_SMS
 from mambazoo_kernels.ssd import triton_op
 from mambazoo_kernels.ssd.reference import bidirectional_ssd_reference, ssd_reference
 
@@ -297,9 +298,28 @@ def test_vim2_mixer_through_the_kernels(monkeypatch):
 def test_safe_tiling_at_d_state_128():
     """headdim blocks of 32 at d_state 128 crashed on the H200: the plan takes 64-channel blocks."""
     triton_op.CONFIG = triton_op.SSDConfig(block_p=32)
-    assert triton_op._plan(2, 100, 4, 32, 128, 1, True).block_p == 64
-    assert triton_op._plan(2, 100, 4, 64, 128, 2, True).block_p == 64
-    assert triton_op._plan(2, 100, 4, 64, 64, 1, True).block_p == 32  # smaller states keep the choice
+    cpu = torch.device("cpu")
+    assert triton_op._plan(2, 100, 4, 32, 128, 1, True, cpu).block_p == 64
+    assert triton_op._plan(2, 100, 4, 64, 128, 2, True, cpu).block_p == 64
+    assert triton_op._plan(2, 100, 4, 64, 64, 1, True, cpu).block_p == 32  # smaller states keep the choice
+
+
+def test_segment_plan_fills_one_wave():
+    """Segments only for SMs that would idle: one 8-warp program fills an SM (d_state 128), so LM
+    8k's 128 (batch, head) programs run unsegmented (the old plan, aiming at 4 programs per SM, cut
+    them into 5 segments = 5 waves plus a state pass); DNA 131k's 8 are cut into as many segments
+    as fill one wave, the 4-warp forward of inference into twice as many as the 8-warp backward."""
+    cpu = torch.device("cpu")
+    triton_op.CONFIG = None
+    lm = triton_op._plan(4, 8192, 32, 64, 128, 1, True, cpu)
+    assert (lm.n_segs, lm.seg_chunks) == (1, lm.n_chunks)
+    dna = triton_op._plan(1, 131072, 8, 64, 128, 1, True, cpu)
+    assert DEFAULT_SMS - 8 < 8 * dna.n_segs <= DEFAULT_SMS
+    assert (dna.n_segs - 1) * dna.seg_chunks < dna.n_chunks <= dna.n_segs * dna.seg_chunks
+    packed = [triton_op._plan(1, 8 * 4097, 12, 64, 64, 1, grad, cpu).n_segs for grad in (False, True)]
+    assert packed == [2 * DEFAULT_SMS // 12, DEFAULT_SMS // 12]
+    assert triton_op._plan(1, 300, 1, 64, 64, 1, False, cpu).n_segs == 5  # 10 chunks: at most half of them
+    assert triton_op._plan(128, 197, 12, 64, 64, 2, True, cpu).n_segs == 1  # Vim-S 224: 3072 programs
 
 
 def test_headdim_below_the_block_at_large_d_state():

@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 
+from .._backend import sm_count
 from .._library import channel_last, empty_in_layout
 from .triton_bwd import chunk_backward_kernel
 from .triton_bwd_seq import seq_backward_kernel
@@ -28,10 +29,8 @@ from .triton_fwd import segment_combine_kernel, seq_forward_kernel, stage_bc_ker
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_D_STATE = 64
-# Resident warps per SM of the sequential kernels (255 registers per thread: 65536 / (255 * 32)),
-# and the SM count assumed where no CUDA device is asked (H100/H200).
+# Resident warps per SM of the sequential kernels (255 registers per thread: 65536 / (255 * 32)).
 WARPS_PER_SM = 8
-DEFAULT_SMS = 132
 # A segmented scan runs a state pass (no outputs) before the full pass; its cost per step relative
 # to the full pass (H200, 2026-11-28: the time of every forward row fits waves x steps x (1 + this)).
 STATE_PASS_COST = 1.0
@@ -182,14 +181,6 @@ def _common(u, B, C):
     return b_const, c_const, cpg_b, cpg_c, b_strides, c_strides, limit
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device; :data:`DEFAULT_SMS` for any other device."""
-    if device.type != "cuda":
-        return DEFAULT_SMS
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def _segment_plan(cfg: ScanConfig, batch: int, dim: int, ndir: int, n_tiles: int, block_d: int, device):
     """(n_segs, chunks per segment): cut L into segments when too few programs fill the GPU.
 
@@ -202,7 +193,7 @@ def _segment_plan(cfg: ScanConfig, batch: int, dim: int, ndir: int, n_tiles: int
         n_segs = max(1, min(cfg.segments, n_tiles))
     else:
         warps = max(1, min(cfg.fwd_warps, block_d // 32))
-        slots = _sm_count(device) * max(1, WARPS_PER_SM // warps)
+        slots = sm_count(device) * max(1, WARPS_PER_SM // warps)
         n_segs = _best_segments(batch * ndir * triton_cdiv(dim, block_d), slots, n_tiles)
     seg_chunks = triton_cdiv(n_tiles, n_segs)
     return triton_cdiv(n_tiles, seg_chunks), seg_chunks

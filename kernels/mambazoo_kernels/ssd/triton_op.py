@@ -14,11 +14,13 @@ what is fast.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+from .._backend import sm_count
 from .._library import _autograd_inside_kernel
 from .reference import DEFAULT_DT_LIMIT, process_dt
 from .triton_bwd import ssd_bwd_kernel
@@ -34,15 +36,13 @@ class SSDConfig:
     """Tiling: ``chunk`` tokens per chunk (None: see :meth:`chunk_for`), ``block_p`` headdim
     channels per program (both powers of two >= 16), warps per program (None: 4 for the forward
     up to d_state 64, else 8; the backward holds twice the tiles), and the number of sequence
-    segments (None: enough for ``target_programs`` programs; segmenting costs one extra state
-    pass however many segments there are)."""
+    segments (None: :func:`_best_segments`' choice for the GPU)."""
 
     chunk: Optional[int] = None
     block_p: int = 64
     fwd_warps: Optional[int] = None
     bwd_warps: Optional[int] = None
     segments: Optional[int] = None
-    target_programs: int = 4 * 132  # a few waves on an H100/H200-class GPU (132 SMs)
 
     def chunk_for(self, length: int, need_grad: bool) -> int:
         """32 tokens, except 64 for inference on sequences up to 256 tokens.
@@ -98,7 +98,8 @@ class _Plan:
     cfg: SSDConfig
 
 
-def _plan(batch: int, length: int, heads: int, headdim: int, d_state: int, ndir: int, need_grad: bool) -> _Plan:
+def _plan(batch: int, length: int, heads: int, headdim: int, d_state: int, ndir: int, need_grad: bool,
+          device: torch.device) -> _Plan:
     cfg = CONFIG if CONFIG is not None else SSDConfig()
     chunk = cfg.chunk_for(length, need_grad)
     block_n = max(16, _pow2(d_state))
@@ -110,17 +111,34 @@ def _plan(batch: int, length: int, heads: int, headdim: int, d_state: int, ndir:
         block_p = max(block_p, 64)
     n_pb = cdiv(headdim, block_p)
     n_chunks = cdiv(length, chunk)
-    # Cut the sequence into segments when (batch, head, block, direction) programs cannot fill
-    # the GPU; segmenting costs a state pass, so only below half of the target.
     if cfg.segments is not None:
         n_segs = max(1, min(cfg.segments, n_chunks))
     else:
-        programs = batch * heads * n_pb * ndir
-        n_segs = 1 if programs * 2 >= cfg.target_programs or n_chunks < 4 else min(
-            cdiv(cfg.target_programs, programs), n_chunks // 2)
+        n_segs = _best_segments(batch * heads * n_pb * ndir, n_chunks, sm_count(device), cfg.warps(block_n, need_grad))
     seg_chunks = cdiv(n_chunks, n_segs)
     n_segs = cdiv(n_chunks, seg_chunks)
     return _Plan(chunk, block_p, block_n, n_pb, n_chunks, n_segs, seg_chunks, cfg)
+
+
+# The fused kernels use 241-255 registers per thread (offline sm_90 compiles, triton 3.6: forward
+# 241 at d_state 64 with 4 warps, 255 at 128 with 8; backward 255 with 8), so an SM holds 8 of
+# their warps: two 4-warp programs or one 8-warp one.
+WARPS_PER_SM = 8
+
+
+@functools.lru_cache(maxsize=4096)
+def _best_segments(programs: int, n_chunks: int, sms: int, warps: int) -> int:
+    """Segments that fill one wave of ``warps``-warp programs (the backward's when training: it is
+    most of the time), at most half the chunks. Segments pay only for SMs that would idle: a state
+    pass costs a share of the full one, and more resident programs run each chunk slower.
+
+    H200, bf16, 2026-11-29 (``benchmarks/results/ssd_2026-11-29_seg.json``; eager forward+backward
+    ms, graph forward ms): LM 8k (128 programs) 1 segment 6.61 / 0.630, 5 (the earlier plan: 4
+    programs per SM assumed) 6.85 / 0.917; DNA 131k (8 programs) 16 segments 7.09 / 0.903, 33
+    6.86 / 0.913, 66 6.99 / 0.987; Vim-S 1024 px (96 programs) 1 segment 2.14 / 0.245, 4 2.51 /
+    0.201, 5 2.32 / 0.188, 22 1.89 / 0.274 (eager times vary by about 0.3 ms between runs)."""
+    slots = sms * max(1, WARPS_PER_SM // warps)
+    return max(1, min(n_chunks // 2, slots // programs))
 
 
 def _combine(seg, decay, init, reverse):
@@ -155,7 +173,7 @@ def _forward(x, dt, A, B, C, D, z, bias, h0, seq_idx, softplus, dt_limit, scale,
     batch, length, heads, headdim = x.shape[-4:]
     groups, d_state = B.shape[-2:]
     bidir = ndir == 2
-    plan = _plan(batch, length, heads, headdim, d_state, ndir, need_grad)
+    plan = _plan(batch, length, heads, headdim, d_state, ndir, need_grad, x.device)
     flags, (dt_min, dt_max) = _common_args(x, B, C, D, z, bias, seq_idx, softplus, dt_limit, plan)
     f32 = dict(dtype=torch.float32, device=x.device)
     nc, n_segs = plan.n_chunks, plan.n_segs
@@ -200,7 +218,7 @@ def _backward(x, dt, A, B, C, D, z, bias, seq_idx, softplus, dt_limit, scale, ck
     batch, length, heads, headdim = x.shape[-4:]
     groups, d_state = B.shape[-2:]
     bidir = ndir == 2
-    plan = _plan(batch, length, heads, headdim, d_state, ndir, need_grad=True)
+    plan = _plan(batch, length, heads, headdim, d_state, ndir, True, x.device)
     flags, (dt_min, dt_max) = _common_args(x, B, C, D, z, bias, seq_idx, softplus, dt_limit, plan)
     f32 = dict(dtype=torch.float32, device=x.device)
     nc, n_segs, n_pb = plan.n_chunks, plan.n_segs, plan.n_pb
@@ -291,7 +309,7 @@ def saved_shapes(x, dt, B, z, bidirectional: bool, save: bool):
     ndir = 2 if bidirectional else 1
     batch, length, heads, headdim = (int(s) for s in x.shape[-4:])
     d_state = int(B.shape[-1])
-    plan = _plan(batch, length, heads, headdim, d_state, ndir, need_grad=True)
+    plan = _plan(batch, length, heads, headdim, d_state, ndir, True, x.device)
     ckpt = (ndir, batch, heads, plan.n_chunks, headdim, d_state)
     ypre = (batch, length, heads, headdim) if _stores_ypre(bidirectional, z, save) else (0,)
     segdecay = (ndir, batch, heads, plan.n_segs) if plan.n_segs > 1 else (0,)

@@ -76,6 +76,12 @@ CONFIGS = {
     "ahead4": {"bc_ahead": True, "fwd_warps": 4},
     "tsum": {"bwd_sum": "transpose"},
     "shuf": {"bwd_sum": "shuffle"},
+    # forward register caps (168: 3 warps per scheduler, 128: 4) and the gate loaded a tile ahead
+    "n168": {"fwd_maxnreg": 168},
+    "n128": {"fwd_maxnreg": 128},
+    "z": {"z_ahead": True},
+    "zn168": {"z_ahead": True, "fwd_maxnreg": 168},
+    "zn128": {"z_ahead": True, "fwd_maxnreg": 128},
     "c64": (64, 8, 4, 8, 4, None, None, "chunk"),
     "c16": (16, 8, 4, 4, 4, None, None, "chunk"),
     "t16": (64, 16, 4, 8, 4),
@@ -399,12 +405,14 @@ def main():
                       help="backward kernel of the automatic tiling (sets MAMBAZOO_SCAN_BWD for workers too)")
     args.add_argument("--auto", choices=sorted(k for k, v in CONFIGS.items() if isinstance(v, dict)), default=None,
                       help="CONFIGS entry whose replacements the automatic tiling takes, in every phase")
+    args.add_argument("--tag", default="", help="appended to the result file names (after 'cl')")
     opts = args.parse_args()
     if opts.auto is not None:
         replace_automatic(opts.auto)
     os.environ["MAMBAZOO_SCAN_BWD"] = triton_op.BWD_KIND = opts.bwd
     shapes, configs = selected(opts, SHAPES, DRY_SHAPES)
-    run = Run(opts.out, "selective_scan", tag="cl" if CHANNEL_LAST else "", channel_last=CHANNEL_LAST,
+    tag = "_".join(t for t in ("cl" if CHANNEL_LAST else "", opts.tag) if t)
+    run = Run(opts.out, "selective_scan", tag=tag, channel_last=CHANNEL_LAST,
               dtype="bf16 u/delta/z/B/C, fp32 A/D/delta_bias, softplus, D, z, one group",
               floors={"exp_per_s": EXP_PER_S, "bytes_per_s": BYTES_PER_S}, configs=CONFIGS, bwd_auto=opts.bwd,
               auto_replacements=CONFIGS.get(opts.auto))

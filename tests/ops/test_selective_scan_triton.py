@@ -109,11 +109,14 @@ def test_segmented_long_sequence_path(config, bwd_kind):
     check_against_oracle(args, 2e-5, 1e-4)
 
 
-@pytest.mark.parametrize("segments", [None, 3])
-def test_forward_with_bc_one_step_ahead_matches_float64_oracle(config, segments):
-    # ScanConfig.bc_ahead: every step loads the next step's B/C, across tiles and segment ends.
+@pytest.mark.parametrize("segments,layout", [(None, "time"), (3, "time"), (3, "channel_last")])
+def test_forward_with_loads_ahead_matches_float64_oracle(config, segments, layout):
+    # ScanConfig.bc_ahead: every step loads the next step's B/C, across tiles and segment ends;
+    # ScanConfig.z_ahead: the gate of the next tile is loaded with its u and delta.
     args = make_inputs(2, 6, 50, 4, "grouped", 3, dtype=torch.float32, with_state=True, seed=5)
-    config(length=50, bc_ahead=True, segments=segments)
+    if layout == "channel_last":
+        args.update({name: channel_last_view(args[name]) for name in ("u", "delta", "z")})
+    config(length=50, bc_ahead=True, z_ahead=True, segments=segments)
     check_against_oracle(args, 2e-5, 1e-4)
 
 

@@ -469,13 +469,23 @@ SEQ_PER_STATE = """
         Cc_@n = tl.load(C_ptr + par * N_STATE + @n, mask=dmask, other=0.0)
 """
 
-def _seq_tile_load(cl: bool, d_state: int, bc_ahead: bool) -> str:
+def _seq_tile_load(cl: bool, d_state: int, bc_ahead: bool, z_ahead: bool) -> str:
     """Tile i (processing order) of the direction is memory tile k; the next tile's u and delta are
     loaded before this tile's steps run (their latency hides behind T steps of work). Prefetching
     z and the next tile's B/C rows too measured slower (0.421 vs 0.352 ms at Vim-S 224, and an L1
     prefetch hint measured no faster, NOTES.md). With ``bc_ahead`` the first step's B/C are loaded
-    before the loop (then each step loads the next one's)."""
+    before the loop (then each step loads the next one's). With ``z_ahead`` the gate z is loaded a
+    tile ahead too (``z_next``), not at the tile's end where the output waits for it."""
     first_bc = ""
+    z_first = z_load = ""
+    if z_ahead:
+        z_first = f"""
+    if HAS_Z and not STATE_PASS:
+        z_next = tl.load(z_ptr + z_row[:, None] + {_time("t0", "sz_t", cl)}, mask=m0, other=0.0)"""
+        z_load = f"""
+        if HAS_Z and not STATE_PASS:
+            z_tile = z_next
+            z_next = tl.load(z_ptr + z_row[:, None] + {_time("tn", "sz_t", cl)}, mask=mn, other=0.0)"""
     if bc_ahead:
         first_bc = textwrap.indent("tile_t = k0 * T + rev0\ntj0 = tile_t\n" + _bc_loads(
             d_state, 0, "(i_start < i_end) & (tj0 >= 0) & (tj0 < Lp)"), "    ")
@@ -485,7 +495,7 @@ def _seq_tile_load(cl: bool, d_state: int, bc_ahead: bool) -> str:
     t0 = k0 * T + cols
     m0 = dmask[:, None] & ((t0 < L) & (i_start < i_end))[None, :]
     u_next = tl.load(u_ptr + u_row[:, None] + {_time("t0", "su_t", cl)}, mask=m0, other=0.0)
-    pre_next = tl.load(delta_ptr + d_row[:, None] + {_time("t0", "sd_t", cl)}, mask=m0, other=0.0)
+    pre_next = tl.load(delta_ptr + d_row[:, None] + {_time("t0", "sd_t", cl)}, mask=m0, other=0.0){z_first}
     dt_sum = tl.full([BLOCK_D], 0.0, tl.float32)
     for i in range(i_start, i_end):
         k = i + direction * (n_tiles - 1 - 2 * i)
@@ -497,7 +507,7 @@ def _seq_tile_load(cl: bool, d_state: int, bc_ahead: bool) -> str:
         tn = t + sgn * T
         mn = dmask[:, None] & ((tn < L) & (i + 1 < i_end))[None, :]
         u_next = tl.load(u_ptr + u_row[:, None] + {_time("tn", "su_t", cl)}, mask=mn, other=0.0)
-        pre_next = tl.load(delta_ptr + d_row[:, None] + {_time("tn", "sd_t", cl)}, mask=mn, other=0.0)
+        pre_next = tl.load(delta_ptr + d_row[:, None] + {_time("tn", "sd_t", cl)}, mask=mn, other=0.0){z_load}
         if store_ckpt != 0:
             if i % ck_tiles == 0:
                 ic = i // ck_tiles
@@ -512,7 +522,7 @@ SEQ_DT = textwrap.indent(DT_FROM_PRE, " " * 8) + """
             dt_sum += _sum(dt, axis=1)
 """
 
-def _seq_output(bidir: bool, cl: bool) -> str:
+def _seq_output(bidir: bool, cl: bool, z_ahead: bool) -> str:
     """Gate and store a tile's output. The fused bidirectional combine: each direction writes its
     fp32 y tile to a scratch buffer (laid out like ``out``) and increments an int32 flag per
     (batch, channel block, tile); the program that finds the flag at 1 came second and writes
@@ -521,9 +531,10 @@ def _seq_output(bidir: bool, cl: bool) -> str:
     offsets = (f"        zoffs = z_row[:, None] + {_time('t', 'sz_t', cl)}\n"
                f"        ooffs = o_row[:, None] + {_time('t', 'so_t', cl)}\n")
     if not bidir:
-        return offsets + """
+        z_value = "z_tile.to(tl.float32)" if z_ahead else "tl.load(z_ptr + zoffs, mask=m2, other=0.0).to(tl.float32)"
+        return offsets + f"""
         if HAS_Z:
-            zv = tl.load(z_ptr + zoffs, mask=m2, other=0.0).to(tl.float32)
+            zv = {z_value}
             y = y * (zv * _sigmoid(zv))
         tl.store(out_ptr + ooffs, y.to(out_ptr.dtype.element_ty), mask=m2)
 """
@@ -561,13 +572,14 @@ def _processing_order(prefix: str, tile: int, bidir: bool) -> str:
                    for j in range(tile))
 
 
-def _seq_fwd_source(name: str, d_state: int, tile: int, bidir: bool, channel_last: bool, bc_ahead: bool) -> str:
+def _seq_fwd_source(name: str, d_state: int, tile: int, bidir: bool, channel_last: bool, bc_ahead: bool,
+                    z_ahead: bool) -> str:
     src = HEADER + (f"\nN_STATE = tl.constexpr({d_state})\nT = tl.constexpr({tile})\n"
                     f"SEQ_RUNTIME_ARGS = {SEQ_RUNTIME_ARGS!r}\n")
     src += SEQ_SIGNATURE.format(name=name) + SEQ_SETUP
     src += row_bases(channel_last, FORWARD_ROWS)
     src += per_state(SEQ_PER_STATE, d_state, 4) + "\n"
-    src += _seq_tile_load(channel_last, d_state, bc_ahead) + per_state(SEQ_CKPT_STORE, d_state, 16) + "\n" + SEQ_DT
+    src += _seq_tile_load(channel_last, d_state, bc_ahead, z_ahead) + per_state(SEQ_CKPT_STORE, d_state, 16) + "\n" + SEQ_DT
     split = column_split("dt", [f"dtm_{j}" for j in range(tile)], "_dt") + _processing_order("dt", tile, bidir)
     split += column_split("dtu", [f"dtum_{j}" for j in range(tile)], "_du") + _processing_order("dtu", tile, bidir)
     src += textwrap.indent(split, " " * 8)
@@ -580,21 +592,25 @@ def _seq_fwd_source(name: str, d_state: int, tile: int, bidir: bool, channel_las
     src += textwrap.indent(_processing_order("y", tile, bidir).replace("y_", "yo_").replace("ym_", "y_"), " " * 12)
     src += f"            y = {column_join([f'yo_{j}' for j in range(tile)])}\n"
     src += "            if HAS_D:\n                y += Dv[:, None] * u\n"
-    src += textwrap.indent(_seq_output(bidir, channel_last), "    ")
+    src += textwrap.indent(_seq_output(bidir, channel_last, z_ahead), "    ")
     src += per_state(SEQ_FINAL, d_state, 4) + "\n"
     src += "    if STATE_PASS:\n        tl.store(segdt_ptr + seg_row, dt_sum, mask=dmask)\n"
     return src
 
 
 @functools.lru_cache(maxsize=None)
-def seq_forward_kernel(d_state: int, tile: int, bidir: bool, channel_last: bool = False, bc_ahead: bool = False):
+def seq_forward_kernel(d_state: int, tile: int, bidir: bool, channel_last: bool = False, bc_ahead: bool = False,
+                       z_ahead: bool = False):
     """The sequential forward kernel: ``d_state`` states per thread, tiles of ``tile`` steps, with
     ``bidir`` grid axis 2 = direction x segment, with ``channel_last`` u/delta/z/out in
     channel-last memory (``row_bases``), with ``bc_ahead`` each step's B/C loaded one step
-    ahead (see :func:`_seq_step`)."""
+    ahead (see :func:`_seq_step`), with ``z_ahead`` (single direction only) the gate loaded a tile
+    ahead (:func:`_seq_tile_load`)."""
+    if z_ahead and bidir:
+        raise ValueError("z_ahead: the bidirectional kernel gates in the direction that finishes second")
     name = (f"ss_fwd_seq_n{d_state}_t{tile}_{'bi' if bidir else 'uni'}{'_cl' if channel_last else ''}"
-            f"{'_ahead' if bc_ahead else ''}")
-    return load_generated(name, _seq_fwd_source(name, d_state, tile, bidir, channel_last, bc_ahead))
+            f"{'_ahead' if bc_ahead else ''}{'_zahead' if z_ahead else ''}")
+    return load_generated(name, _seq_fwd_source(name, d_state, tile, bidir, channel_last, bc_ahead, z_ahead))
 
 
 @triton.jit

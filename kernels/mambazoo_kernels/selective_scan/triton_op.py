@@ -64,6 +64,7 @@ class ScanConfig:
     # 2.127 ms at Vim-S 224, 3.136 vs 3.295 ms at 1024 px; results/selective_scan_2026-11-29_tsum*)
     # or "shuffle" trees
     bwd_sum: str = "transpose"
+    z_ahead: bool = False  # single-direction forward: the gate z loaded a tile ahead
 
     def __post_init__(self):
         if self.bwd_kind not in BWD_KINDS:
@@ -260,7 +261,7 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus, scale, need_ckpt, need
     segdt = torch.empty((ndir, batch, dim, n_segs), **f32) if n_segs > 1 else h_final
     Bk, Ck = _stage_bc(B, b_const, n_tiles * tile), _stage_bc(C, c_const, n_tiles * tile)
     ahead = bc_ahead_default(length, cl, bidir) if cfg.bc_ahead is None else cfg.bc_ahead
-    kernel = seq_forward_kernel(d_state, tile, bidir, cl, ahead)
+    kernel = seq_forward_kernel(d_state, tile, bidir, cl, ahead, cfg.z_ahead and not bidir and z is not None)
     zs = z if z is not None else out
     strides = ((*u.stride()[:2], u.stride(3), *delta.stride()[:2], delta.stride(3), zs.stride(0), zs.stride(2),
                 out.stride(0), out.stride(2)) if cl else (0,) * 10)

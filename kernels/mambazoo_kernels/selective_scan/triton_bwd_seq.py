@@ -41,8 +41,9 @@ kernel, 8.7 s to compile; S = 4: 255 + 256 B stack, 22 s; S = 8 (earlier revisio
 79 s. The STATE_PASS variant: 96 registers, 1.3 s. Hence S = 2 by default.
 
 Per sub-tile the u/delta/dout/z tiles are loaded coalesced ([BLOCK_D, S], threads along time,
-or along channels for channel-last tensors) and split into per-step columns (one shared-memory
-conversion per time-contiguous tile, as in the forward);
+or along channels for channel-last tensors), one sub-tile ahead of their use in both passes (as
+the forward loads its next tile), and split into per-step columns (one shared-memory conversion
+per time-contiguous tile, as in the forward);
 per-step channel sums of g B and A g a h[t-1] are joined back into tiles, from which du and
 ddelta are formed and stored coalesced. B/C per token are staged by the launcher into fp32
 (.., Lp, N) rows (``stage_bc_kernel``, as for the forward): N/4 broadcast 16-byte loads per
@@ -128,28 +129,48 @@ PER_STATE = """
         dCc_@n = tl.full([BLOCK_D], 0.0, tl.float32)
 """
 
-def _tile(cl: bool) -> str:
-    """Sub-tile s (processing order inside chunk i) is memory tile kt; its u/delta tile with bias and
-    softplus; padded steps (t >= L) get dt = 0, an identity step."""
+def _tile_at(s_expr: str) -> str:
+    """Sub-tile ``s_expr`` (processing order inside chunk i) is memory tile kt: its steps ``t`` and
+    mask ``m2``; padded steps (t >= L) are masked."""
     return f"""
-pt = i * m + s
+pt = i * m + {s_expr}
 kt = pt + direction * (n_tiles - 1 - 2 * pt)
 tile_t = kt * T + rev0
 t = kt * T + cols
 m2 = dmask[:, None] & (t < L)[None, :]
-u = tl.load(u_ptr + u_row[:, None] + {_time("t", "su_t", cl)}, mask=m2, other=0.0).to(tl.float32)
-pre = tl.load(delta_ptr + d_row[:, None] + {_time("t", "sd_t", cl)}, mask=m2, other=0.0).to(tl.float32)
-""" + DT_FROM_PRE
+"""
 
 
-def _tile_grad(cl: bool) -> str:
-    """dy (gated dout) and the mask-and-softplus-derivative factor of ddelta, as tiles."""
-    return f"""
-zoffs = z_row[:, None] + {_time("t", "sz_t", cl)}
-ooffs = o_row[:, None] + {_time("t", "so_t", cl)}
-go = tl.load(dout_ptr + ooffs, mask=m2, other=0.0).to(tl.float32)
+def _raw_loads(cl: bool, t: str, mask: str, suffix: str, grad: bool) -> str:
+    """The u and delta tiles at steps ``t`` (and with ``grad`` dout and z) as loaded, in their
+    dtype, named ``u{suffix}``, ``pre{suffix}`` (``go{suffix}``, ``z{suffix}``)."""
+    lines = (f"u{suffix} = tl.load(u_ptr + u_row[:, None] + {_time(t, 'su_t', cl)}, mask={mask}, other=0.0)\n"
+             f"pre{suffix} = tl.load(delta_ptr + d_row[:, None] + {_time(t, 'sd_t', cl)}, mask={mask}, other=0.0)\n")
+    if grad:
+        lines += f"go{suffix} = tl.load(dout_ptr + o_row[:, None] + {_time(t, 'so_t', cl)}, mask={mask}, other=0.0)\n"
+        lines += (f"if HAS_Z:\n    z{suffix} = tl.load(z_ptr + z_row[:, None] + {_time(t, 'sz_t', cl)}, "
+                  f"mask={mask}, other=0.0)\n")
+    return lines
+
+
+def _prefetched(cl: bool, step: str, more: str, grad: bool) -> str:
+    """Take the tiles loaded ahead (``u_nx``, ...) as this sub-tile's and load the next sub-tile's,
+    at steps ``t + step`` while ``more``; then dt (bias, softplus) and dt * u. The loads of a
+    sub-tile are issued one sub-tile ahead of their use, as in the forward."""
+    take = "u_in = u_nx\npre_in = pre_nx\n"
+    if grad:
+        take += "go_in = go_nx\nif HAS_Z:\n    z_in = z_nx\n"
+    nxt = f"tn = t + {step}\nmn = dmask[:, None] & ((tn >= 0) & (tn < L) & ({more}))[None, :]\n"
+    return (take + nxt + _raw_loads(cl, "tn", "mn", "_nx", grad)
+            + "u = u_in.to(tl.float32)\npre = pre_in.to(tl.float32)\n" + DT_FROM_PRE)
+
+
+TILE_GRAD = """
+zoffs = z_row[:, None] + ZTIME
+ooffs = o_row[:, None] + OTIME
+go = go_in.to(tl.float32)
 if HAS_Z:
-    zv = tl.load(z_ptr + zoffs, mask=m2, other=0.0).to(tl.float32)
+    zv = z_in.to(tl.float32)
     sz = _sigmoid(zv)
     dy = go * (zv * sz) * scale
 else:
@@ -159,6 +180,11 @@ if SOFTPLUS:
 else:
     dpre = tl.where(m2, 1.0, 0.0)
 """
+
+
+def _tile_grad(cl: bool) -> str:
+    """dy (gated dout) and the mask-and-softplus-derivative factor of ddelta, as tiles."""
+    return TILE_GRAD.replace("ZTIME", _time("t", "sz_t", cl)).replace("OTIME", _time("t", "so_t", cl))
 
 
 def _tile_end(cl: bool) -> str:
@@ -326,16 +352,21 @@ def _source(name: str, d_state: int, tile: int, bidir: bool, cl: bool, transpose
     pass1 = "k = i + direction * (n_chunks - 1 - 2 * i)\ntl.debug_barrier()\n"
     pass1 += "".join(f"h_{n} = tl.load(ckpt_ptr + (row * n_chunks + k) * N_STATE + {n}, mask=dmask, other=0.0)\n"
                      for n in range(d_state))
+    # sub-tile 0's u/delta loaded before the loop, each later one a sub-tile ahead (next: t + sgn T)
+    pass1 += _tile_at("0").strip("\n") + "\n" + _raw_loads(cl, "t", "m2 & (m > 1)", "_nx", False)
     pass1 += "for s in range(0, m):\n"
     loop1 = "".join(f"tl.store(hbuf_ptr + hb_row + (s * N_STATE + {n}) * BLOCK_D, h_{n}, mask=dmask)\n"
                     for n in range(d_state))
     loop1 += "if s < m - 1:\n" + textwrap.indent(
-        _tile(cl).strip("\n") + "\n" + _dt_columns(tile, bidir)
-        + _forward_steps(d_state, tile, keep=False), "    ")
+        _tile_at("s").strip("\n") + "\n" + _prefetched(cl, "sgn * T", "s + 2 < m", False)
+        + _dt_columns(tile, bidir) + _forward_steps(d_state, tile, keep=False), "    ")
     pass1 += textwrap.indent(loop1, "    ") + "tl.debug_barrier()\n"
     chunk += "if not STATE_PASS:\n" + textwrap.indent(pass1, "    ")
     # Pass 2: sub-tiles in reverse; recompute S steps, then the adjoint steps.
-    sub = "s = m - 1 - ss\n" + _tile(cl).strip("\n") + "\n" + _tile_grad(cl).strip("\n") + "\n"
+    # Pass 2 walks the sub-tiles backwards (next: t - sgn T); the last one's tiles loaded first.
+    chunk += _tile_at("m - 1").strip("\n") + "\n" + _raw_loads(cl, "t", "m2", "_nx", True)
+    sub = "s = m - 1 - ss\n" + _tile_at("s").strip("\n") + "\n" + _prefetched(cl, "-sgn * T", "ss + 1 < m", True)
+    sub += _tile_grad(cl).strip("\n") + "\n"
     sub += _dt_columns(tile, bidir) + _columns("dy", "dy", tile, bidir)
     recompute = "".join(f"h_{n} = tl.load(hbuf_ptr + hb_row + (s * N_STATE + {n}) * BLOCK_D, mask=dmask, other=0.0)\n"
                         for n in range(d_state))

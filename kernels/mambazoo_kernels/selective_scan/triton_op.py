@@ -56,7 +56,8 @@ class ScanConfig:
     bwd_vec: int = 8
     bwd_warps: int = 4
     segments: Optional[int] = None  # None: chosen from the shape (see _segment_plan)
-    fwd_maxnreg: Optional[int] = None  # register cap of the forward kernel (None: the compiler's choice)
+    # register cap of the forward kernel (None: fwd_maxnreg_default's measured rule, 0: none)
+    fwd_maxnreg: Optional[int] = None
     bwd_kind: str = "seq"
     bwd_tile: int = 2
     bc_ahead: Optional[bool] = None  # forward: B/C loaded one step ahead (None: see bc_ahead_default)
@@ -64,7 +65,8 @@ class ScanConfig:
     # 2.127 ms at Vim-S 224, 3.136 vs 3.295 ms at 1024 px; results/selective_scan_2026-11-29_tsum*)
     # or "shuffle" trees
     bwd_sum: str = "transpose"
-    z_ahead: bool = False  # single-direction forward: the gate z loaded a tile ahead
+    # single-direction forward: the gate z loaded a tile ahead (None: yes; see z_ahead_default)
+    z_ahead: Optional[bool] = None
 
     def __post_init__(self):
         if self.bwd_kind not in BWD_KINDS:
@@ -152,6 +154,29 @@ def bc_ahead_default(length: int, channel_last_layout: bool, bidirectional: bool
     if bidirectional and channel_last_layout:
         return length > 16384
     return channel_last_layout or bidirectional or length > 2048
+
+
+def z_ahead_default(bidirectional: bool) -> bool:
+    """Whether the forward loads the gate z a tile ahead: always for single scans. The profile of
+    the forward at Vim-S 224 (ncu source counters, results/ncu_selective_scan_224_{tc,cl}_source.txt)
+    put 20 % (time-contiguous) and 7 % (channel-last) of the stall samples on converting z loaded
+    at the tile's end; loaded with the next tile's u and delta, the CUDA-graph forward took (H200,
+    2026-11-29, results/selective_scan_2026-11-29_{,cl_}regs.json) 0.308 / 0.392 / 0.642 / 1.547 /
+    1.606 ms instead of 0.312 / 0.391 / 0.690 / 1.604 / 1.681 at the five rows time-contiguous,
+    and 0.256 / 0.349 / 0.554 / 1.393 / 1.456 instead of 0.414 / 0.546 / 0.768 / 1.834 / 1.996 ms
+    channel-last. The bidirectional kernel gates in the direction that finishes second, so it
+    does not (both would load z)."""
+    return not bidirectional
+
+
+def fwd_maxnreg_default(channel_last_layout: bool, bidirectional: bool, bc_ahead: bool) -> Optional[int]:
+    """The forward's register cap: 128 (16 resident warps per SM instead of 8) for the fused
+    bidirectional kernel on channel-last inputs without the B/C lookahead, where it spills 32
+    bytes (offline sm_90) and the CUDA-graph forward took (H200, 2026-11-29,
+    results/selective_scan_2026-11-29_cl_n128.json) 0.530 / 0.633 / 1.039 / 2.860 ms instead of
+    0.668 / 0.931 / 1.311 / 3.444 at Vim-S 224 / 448 / 1024 px / 8k; none elsewhere (the single
+    kernels spill more under caps and ran up to 2.2x slower with 168 or 128)."""
+    return 128 if bidirectional and channel_last_layout and not bc_ahead else None
 
 
 def _config(dim: int, length: int, block_limit: int):
@@ -261,7 +286,9 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus, scale, need_ckpt, need
     segdt = torch.empty((ndir, batch, dim, n_segs), **f32) if n_segs > 1 else h_final
     Bk, Ck = _stage_bc(B, b_const, n_tiles * tile), _stage_bc(C, c_const, n_tiles * tile)
     ahead = bc_ahead_default(length, cl, bidir) if cfg.bc_ahead is None else cfg.bc_ahead
-    kernel = seq_forward_kernel(d_state, tile, bidir, cl, ahead, cfg.z_ahead and not bidir and z is not None)
+    z_ahead = z_ahead_default(bidir) if cfg.z_ahead is None else cfg.z_ahead
+    kernel = seq_forward_kernel(d_state, tile, bidir, cl, ahead, z_ahead and not bidir and z is not None)
+    maxnreg = fwd_maxnreg_default(cl, bidir, ahead) if cfg.fwd_maxnreg is None else cfg.fwd_maxnreg
     zs = z if z is not None else out
     strides = ((*u.stride()[:2], u.stride(3), *delta.stride()[:2], delta.stride(3), zs.stride(0), zs.stride(2),
                 out.stride(0), out.stride(2)) if cl else (0,) * 10)
@@ -277,7 +304,7 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus, scale, need_ckpt, need
             BLOCK_D=block_d, B_CONST=b_const, C_CONST=c_const,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
             STATE_PASS=state_pass, num_warps=max(1, min(cfg.fwd_warps, block_d // 32)),
-            **({} if cfg.fwd_maxnreg is None else {"maxnreg": cfg.fwd_maxnreg}),
+            **({"maxnreg": maxnreg} if maxnreg else {}),
         )
 
     if n_segs > 1:

@@ -169,14 +169,23 @@ def z_ahead_default(bidirectional: bool) -> bool:
     return not bidirectional
 
 
-def fwd_maxnreg_default(channel_last_layout: bool, bidirectional: bool, bc_ahead: bool) -> Optional[int]:
-    """The forward's register cap: 128 (16 resident warps per SM instead of 8) for the fused
-    bidirectional kernel on channel-last inputs without the B/C lookahead, where it spills 32
-    bytes (offline sm_90) and the CUDA-graph forward took (H200, 2026-11-29,
-    results/selective_scan_2026-11-29_cl_n128.json) 0.530 / 0.633 / 1.039 / 2.860 ms instead of
-    0.668 / 0.931 / 1.311 / 3.444 at Vim-S 224 / 448 / 1024 px / 8k; none elsewhere (the single
-    kernels spill more under caps and ran up to 2.2x slower with 168 or 128)."""
-    return 128 if bidirectional and channel_last_layout and not bc_ahead else None
+def fwd_maxnreg_default(channel_last_layout: bool, bidirectional: bool, bc_ahead: bool, programs: int,
+                        sms: int) -> Optional[int]:
+    """The forward's register cap: 128 (16 resident one-warp programs per SM instead of 8; 32
+    bytes of spill, offline sm_90) for the fused bidirectional kernel on channel-last inputs
+    without the B/C lookahead, unless its ``programs`` put two to eight on each of the ``sms`` SMs.
+
+    H200, 2026-11-29, CUDA-graph forward ms, capped / not: Vim-S 224 / 448 px / 8k (6144 / 1536 /
+    512 programs) 0.530 / 0.668, 0.633 / 0.931, 2.860 / 3.444
+    (results/selective_scan_2026-11-29_cl_n128.json); (batch, 768, 4097) at batch 8 / 12 / 16 /
+    24 / 32 (384 ... 1536 programs) 1.061 / 1.341, 2.898 / 2.180, 3.028 / 2.257, 3.181 / 4.631,
+    3.283 / 4.794 (NOTES.md). Time grows with the warps on an SM (the kernel is bound by what
+    an SM issues, not by latency), so the cap wins with at most one warp per scheduler and where
+    the uncapped kernel needs a second wave, and its spills lose in between. The single-direction
+    kernels spill more under caps and ran up to 2.2x slower with 168 or 128."""
+    if not (bidirectional and channel_last_layout and not bc_ahead):
+        return None
+    return 128 if programs <= 4 * sms or programs > WARPS_PER_SM * sms else None
 
 
 def _config(dim: int, length: int, block_limit: int):
@@ -288,7 +297,9 @@ def _forward(u, delta, A, B, C, D, z, bias, h0, softplus, scale, need_ckpt, need
     ahead = bc_ahead_default(length, cl, bidir) if cfg.bc_ahead is None else cfg.bc_ahead
     z_ahead = z_ahead_default(bidir) if cfg.z_ahead is None else cfg.z_ahead
     kernel = seq_forward_kernel(d_state, tile, bidir, cl, ahead, z_ahead and not bidir and z is not None)
-    maxnreg = fwd_maxnreg_default(cl, bidir, ahead) if cfg.fwd_maxnreg is None else cfg.fwd_maxnreg
+    programs = n_blocks * batch * ndir * n_segs
+    maxnreg = (fwd_maxnreg_default(cl, bidir, ahead, programs, sm_count(u.device)) if cfg.fwd_maxnreg is None
+               else cfg.fwd_maxnreg)
     zs = z if z is not None else out
     strides = ((*u.stride()[:2], u.stride(3), *delta.stride()[:2], delta.stride(3), zs.stride(0), zs.stride(2),
                 out.stride(0), out.stride(2)) if cl else (0,) * 10)

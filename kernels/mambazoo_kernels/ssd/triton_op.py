@@ -132,7 +132,7 @@ def _best_segments(programs: int, n_chunks: int, sms: int, warps: int) -> int:
     most of the time), at most half the chunks. Segments pay only for SMs that would idle: a state
     pass costs a share of the full one, and more resident programs run each chunk slower.
 
-    H200, bf16, 2026-11-29 (``benchmarks/results/ssd_2026-11-29_seg.json``; eager forward+backward
+    H200, bf16, 2026-11-29 (``benchmarks/results/ssd_2026-11-29_s11_segments.json``; eager forward+backward
     ms, graph forward ms): LM 8k (128 programs) 1 segment 6.61 / 0.630, 5 (the earlier plan: 4
     programs per SM assumed) 6.85 / 0.917; DNA 131k (8 programs) 16 segments 7.09 / 0.903, 33
     6.86 / 0.913, 66 6.99 / 0.987; Vim-S 1024 px (96 programs) 1 segment 2.14 / 0.245, 4 2.51 /

@@ -82,6 +82,9 @@ CONFIGS = {
     "z": {"z_ahead": True},
     "zn168": {"z_ahead": True, "fwd_maxnreg": 168},
     "zn128": {"z_ahead": True, "fwd_maxnreg": 128},
+    # the sequential backward's sub-tiles loaded one ahead, or not
+    "bahead": {"bwd_ahead": True},
+    "nobahead": {"bwd_ahead": False},
     "c64": (64, 8, 4, 8, 4, None, None, "chunk"),
     "c16": (16, 8, 4, 4, 4, None, None, "chunk"),
     "t16": (64, 16, 4, 8, 4),

@@ -109,14 +109,15 @@ def test_segmented_long_sequence_path(config, bwd_kind):
     check_against_oracle(args, 2e-5, 1e-4)
 
 
-@pytest.mark.parametrize("segments,layout", [(None, "time"), (3, "time"), (3, "channel_last")])
-def test_forward_with_loads_ahead_matches_float64_oracle(config, segments, layout):
-    # ScanConfig.bc_ahead: every step loads the next step's B/C, across tiles and segment ends;
-    # ScanConfig.z_ahead: the gate of the next tile is loaded with its u and delta.
+@pytest.mark.parametrize("segments,layout,ahead", [
+    (None, "time", True), (3, "time", True), (3, "channel_last", True), (None, "channel_last", False)])
+def test_loads_ahead_or_not_match_float64_oracle(config, segments, layout, ahead):
+    # The lookaheads against each layout's default: the forward's B/C one step and z one tile
+    # ahead, the backward's sub-tiles one sub-tile ahead, across tiles, chunks and segment ends.
     args = make_inputs(2, 6, 50, 4, "grouped", 3, dtype=torch.float32, with_state=True, seed=5)
     if layout == "channel_last":
         args.update({name: channel_last_view(args[name]) for name in ("u", "delta", "z")})
-    config(length=50, bc_ahead=True, z_ahead=True, segments=segments)
+    config(length=50, bc_ahead=ahead, z_ahead=ahead, bwd_ahead=ahead, segments=segments)
     check_against_oracle(args, 2e-5, 1e-4)
 
 

@@ -41,8 +41,8 @@ kernel, 8.7 s to compile; S = 4: 255 + 256 B stack, 22 s; S = 8 (earlier revisio
 79 s. The STATE_PASS variant: 96 registers, 1.3 s. Hence S = 2 by default.
 
 Per sub-tile the u/delta/dout/z tiles are loaded coalesced ([BLOCK_D, S], threads along time,
-or along channels for channel-last tensors), one sub-tile ahead of their use in both passes (as
-the forward loads its next tile), and split into per-step columns (one shared-memory conversion
+or along channels for channel-last tensors), by default one sub-tile ahead of their use in both
+passes (as the forward loads its next tile), and split into per-step columns (one shared-memory conversion
 per time-contiguous tile, as in the forward);
 per-step channel sums of g B and A g a h[t-1] are joined back into tiles, from which du and
 ddelta are formed and stored coalesced. B/C per token are staged by the launcher into fp32
@@ -153,16 +153,20 @@ def _raw_loads(cl: bool, t: str, mask: str, suffix: str, grad: bool) -> str:
     return lines
 
 
-def _prefetched(cl: bool, step: str, more: str, grad: bool) -> str:
-    """Take the tiles loaded ahead (``u_nx``, ...) as this sub-tile's and load the next sub-tile's,
-    at steps ``t + step`` while ``more``; then dt (bias, softplus) and dt * u. The loads of a
-    sub-tile are issued one sub-tile ahead of their use, as in the forward."""
-    take = "u_in = u_nx\npre_in = pre_nx\n"
-    if grad:
-        take += "go_in = go_nx\nif HAS_Z:\n    z_in = z_nx\n"
-    nxt = f"tn = t + {step}\nmn = dmask[:, None] & ((tn >= 0) & (tn < L) & ({more}))[None, :]\n"
-    return (take + nxt + _raw_loads(cl, "tn", "mn", "_nx", grad)
-            + "u = u_in.to(tl.float32)\npre = pre_in.to(tl.float32)\n" + DT_FROM_PRE)
+def _sub_tile_loads(cl: bool, step: str, more: str, grad: bool, ahead: bool) -> str:
+    """This sub-tile's u/delta (and with ``grad`` dout/z) tiles, then dt (bias, softplus) and dt * u.
+    With ``ahead`` they were loaded one sub-tile earlier (``u_nx``, ...) and the next sub-tile's,
+    at steps ``t + step`` while ``more``, are loaded here (as the forward loads its next tile);
+    otherwise they are loaded here."""
+    if ahead:
+        take = "u_in = u_nx\npre_in = pre_nx\n"
+        if grad:
+            take += "go_in = go_nx\nif HAS_Z:\n    z_in = z_nx\n"
+        nxt = f"tn = t + {step}\nmn = dmask[:, None] & ((tn >= 0) & (tn < L) & ({more}))[None, :]\n"
+        loads = take + nxt + _raw_loads(cl, "tn", "mn", "_nx", grad)
+    else:
+        loads = _raw_loads(cl, "t", "m2", "_in", grad)
+    return loads + "u = u_in.to(tl.float32)\npre = pre_in.to(tl.float32)\n" + DT_FROM_PRE
 
 
 TILE_GRAD = """
@@ -339,7 +343,7 @@ def _pow2(n: int) -> int:
     return max(2, 1 << (n - 1).bit_length())
 
 
-def _source(name: str, d_state: int, tile: int, bidir: bool, cl: bool, transpose_sum: bool) -> str:
+def _source(name: str, d_state: int, tile: int, bidir: bool, cl: bool, transpose_sum: bool, ahead: bool) -> str:
     src = HEADER + (CHANNEL_SUM if transpose_sum else "")
     src += (f"\nN_STATE = tl.constexpr({d_state})\nNP = tl.constexpr({_pow2(d_state)})\n"
             f"T = tl.constexpr({tile})\nLN2 = tl.constexpr(0.6931471805599453)\nRUNTIME_ARGS = {RUNTIME_ARGS!r}\n")
@@ -352,20 +356,21 @@ def _source(name: str, d_state: int, tile: int, bidir: bool, cl: bool, transpose
     pass1 = "k = i + direction * (n_chunks - 1 - 2 * i)\ntl.debug_barrier()\n"
     pass1 += "".join(f"h_{n} = tl.load(ckpt_ptr + (row * n_chunks + k) * N_STATE + {n}, mask=dmask, other=0.0)\n"
                      for n in range(d_state))
-    # sub-tile 0's u/delta loaded before the loop, each later one a sub-tile ahead (next: t + sgn T)
-    pass1 += _tile_at("0").strip("\n") + "\n" + _raw_loads(cl, "t", "m2 & (m > 1)", "_nx", False)
+    if ahead:  # sub-tile 0's u/delta loaded before the loop, each later one a sub-tile ahead (t + sgn T)
+        pass1 += _tile_at("0").strip("\n") + "\n" + _raw_loads(cl, "t", "m2 & (m > 1)", "_nx", False)
     pass1 += "for s in range(0, m):\n"
     loop1 = "".join(f"tl.store(hbuf_ptr + hb_row + (s * N_STATE + {n}) * BLOCK_D, h_{n}, mask=dmask)\n"
                     for n in range(d_state))
     loop1 += "if s < m - 1:\n" + textwrap.indent(
-        _tile_at("s").strip("\n") + "\n" + _prefetched(cl, "sgn * T", "s + 2 < m", False)
+        _tile_at("s").strip("\n") + "\n" + _sub_tile_loads(cl, "sgn * T", "s + 2 < m", False, ahead)
         + _dt_columns(tile, bidir) + _forward_steps(d_state, tile, keep=False), "    ")
     pass1 += textwrap.indent(loop1, "    ") + "tl.debug_barrier()\n"
     chunk += "if not STATE_PASS:\n" + textwrap.indent(pass1, "    ")
-    # Pass 2: sub-tiles in reverse; recompute S steps, then the adjoint steps.
-    # Pass 2 walks the sub-tiles backwards (next: t - sgn T); the last one's tiles loaded first.
-    chunk += _tile_at("m - 1").strip("\n") + "\n" + _raw_loads(cl, "t", "m2", "_nx", True)
-    sub = "s = m - 1 - ss\n" + _tile_at("s").strip("\n") + "\n" + _prefetched(cl, "-sgn * T", "ss + 1 < m", True)
+    # Pass 2: sub-tiles in reverse (next: t - sgn T); recompute S steps, then the adjoint steps.
+    if ahead:
+        chunk += _tile_at("m - 1").strip("\n") + "\n" + _raw_loads(cl, "t", "m2", "_nx", True)
+    sub = "s = m - 1 - ss\n" + _tile_at("s").strip("\n") + "\n"
+    sub += _sub_tile_loads(cl, "-sgn * T", "ss + 1 < m", True, ahead)
     sub += _tile_grad(cl).strip("\n") + "\n"
     sub += _dt_columns(tile, bidir) + _columns("dy", "dy", tile, bidir)
     recompute = "".join(f"h_{n} = tl.load(hbuf_ptr + hb_row + (s * N_STATE + {n}) * BLOCK_D, mask=dmask, other=0.0)\n"
@@ -389,11 +394,12 @@ def _source(name: str, d_state: int, tile: int, bidir: bool, cl: bool, transpose
 
 @functools.lru_cache(maxsize=None)
 def seq_backward_kernel(d_state: int, tile: int, bidir: bool, channel_last: bool = False,
-                        transpose_sum: bool = False):
+                        transpose_sum: bool = False, ahead: bool = False):
     """The sequential backward kernel: ``d_state`` states per thread, sub-tiles of ``tile`` steps,
     with ``bidir`` grid axis 2 = direction x segment, with ``channel_last`` u/delta/z/dout and the
     gradients in channel-last memory, with ``transpose_sum`` the dB/dC channel sums as a transpose
-    (:data:`CHANNEL_SUM`) instead of shuffle trees."""
+    (:data:`CHANNEL_SUM`) instead of shuffle trees, with ``ahead`` each sub-tile's tiles loaded one
+    sub-tile ahead (:func:`_sub_tile_loads`)."""
     name = (f"ss_bwd_seq_n{d_state}_t{tile}_{'bi' if bidir else 'uni'}{'_cl' if channel_last else ''}"
-            f"{'_tsum' if transpose_sum else ''}")
-    return load_generated(name, _source(name, d_state, tile, bidir, channel_last, transpose_sum))
+            f"{'_tsum' if transpose_sum else ''}{'_ahead' if ahead else ''}")
+    return load_generated(name, _source(name, d_state, tile, bidir, channel_last, transpose_sum, ahead))

@@ -67,6 +67,8 @@ class ScanConfig:
     bwd_sum: str = "transpose"
     # single-direction forward: the gate z loaded a tile ahead (None: yes; see z_ahead_default)
     z_ahead: Optional[bool] = None
+    # sequential backward: sub-tiles loaded one ahead (None: see bwd_ahead_default)
+    bwd_ahead: Optional[bool] = None
 
     def __post_init__(self):
         if self.bwd_kind not in BWD_KINDS:
@@ -167,6 +169,17 @@ def z_ahead_default(bidirectional: bool) -> bool:
     channel-last. The bidirectional kernel gates in the direction that finishes second, so it
     does not (both would load z)."""
     return not bidirectional
+
+
+def bwd_ahead_default(length: int, channel_last_layout: bool) -> bool:
+    """Whether the sequential backward loads each sub-tile's u/delta/dout/z one sub-tile ahead:
+    except on time-contiguous inputs up to 2048 steps (as for the forward's B/C lookahead). Eager
+    forward+backward ms, H200, 2026-11-29, ahead / not (results/selective_scan_2026-11-29_s11_tc.json
+    and _s11_oldbwd_tc.json, one run each): time-contiguous Vim-S 224 2.382 / 1.960, 1024 px 2.995
+    / 3.076, byte LM 8k 7.466 / 7.733; channel-last (the mixers' layout; _s11_cl.json against
+    _final_cl.json, which also lacked the z lookahead and the transposed sums) 1.975 / 1.991,
+    2.490 / 3.178, 6.596 / 9.068."""
+    return channel_last_layout or length > 2048
 
 
 def fwd_maxnreg_default(channel_last_layout: bool, bidirectional: bool, bc_ahead: bool, programs: int,
@@ -387,7 +400,8 @@ def _backward(u, delta, A, B, C, D, z, bias, saved: _Saved, dout, dh_final, soft
         n_chunks = triton_cdiv(length, chunk)
         Bk, Ck = _stage_bc(B, b_const, n_chunks * chunk), _stage_bc(C, c_const, n_chunks * chunk)
         hbuf = torch.empty((n_blocks * batch * ndir * n_segs, chunk // sub, d_state, block_d), **f32)
-        kernel = seq_backward_kernel(d_state, sub, bidir, kernel_cl, cfg.bwd_sum == "transpose")
+        ahead = bwd_ahead_default(length, kernel_cl) if cfg.bwd_ahead is None else cfg.bwd_ahead
+        kernel = seq_backward_kernel(d_state, sub, bidir, kernel_cl, cfg.bwd_sum == "transpose", ahead)
     else:
         kernel = chunk_backward_kernel(d_state, bidir, cfg.bwd_vec)
 

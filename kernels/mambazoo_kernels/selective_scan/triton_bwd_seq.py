@@ -41,9 +41,9 @@ kernel, 8.7 s to compile; S = 4: 255 + 256 B stack, 22 s; S = 8 (earlier revisio
 79 s. The STATE_PASS variant: 96 registers, 1.3 s. Hence S = 2 by default.
 
 Per sub-tile the u/delta/dout/z tiles are loaded coalesced ([BLOCK_D, S], threads along time,
-or along channels for channel-last tensors), by default one sub-tile ahead of their use in both
-passes (as the forward loads its next tile), and split into per-step columns (one shared-memory conversion
-per time-contiguous tile, as in the forward);
+or along channels for channel-last tensors), one sub-tile ahead of their use in both passes
+(``ahead``; as the forward loads its next tile), and split into per-step columns (one
+shared-memory conversion per time-contiguous tile, as in the forward);
 per-step channel sums of g B and A g a h[t-1] are joined back into tiles, from which du and
 ddelta are formed and stored coalesced. B/C per token are staged by the launcher into fp32
 (.., Lp, N) rows (``stage_bc_kernel``, as for the forward): N/4 broadcast 16-byte loads per

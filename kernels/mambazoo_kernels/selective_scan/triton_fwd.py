@@ -471,11 +471,12 @@ SEQ_PER_STATE = """
 
 def _seq_tile_load(cl: bool, d_state: int, bc_ahead: bool, z_ahead: bool) -> str:
     """Tile i (processing order) of the direction is memory tile k; the next tile's u and delta are
-    loaded before this tile's steps run (their latency hides behind T steps of work). Prefetching
-    z and the next tile's B/C rows too measured slower (0.421 vs 0.352 ms at Vim-S 224, and an L1
-    prefetch hint measured no faster, NOTES.md). With ``bc_ahead`` the first step's B/C are loaded
-    before the loop (then each step loads the next one's). With ``z_ahead`` the gate z is loaded a
-    tile ahead too (``z_next``), not at the tile's end where the output waits for it."""
+    loaded before this tile's steps run (their latency hides behind T steps of work). With
+    ``z_ahead`` the gate z is loaded with them (``z_next``), not at the tile's end where the output
+    waits for it (an early revision with more registers had measured that slower: 0.421 vs 0.352 ms
+    at Vim-S 224; now it is faster at every row, NOTES.md). Prefetching the next tile's B/C rows
+    measured slower, and an L1 prefetch hint no faster. With ``bc_ahead`` the first step's B/C are
+    loaded before the loop (then each step loads the next one's)."""
     first_bc = ""
     z_first = z_load = ""
     if z_ahead:

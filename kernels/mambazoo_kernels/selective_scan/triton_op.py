@@ -160,11 +160,12 @@ def bc_ahead_default(length: int, channel_last_layout: bool, bidirectional: bool
 
 def z_ahead_default(bidirectional: bool) -> bool:
     """Whether the forward loads the gate z a tile ahead: always for single scans. The profile of
-    the forward at Vim-S 224 (ncu source counters, results/ncu_selective_scan_224_{tc,cl}_source.txt)
-    put 20 % (time-contiguous) and 7 % (channel-last) of the stall samples on converting z loaded
-    at the tile's end; loaded with the next tile's u and delta, the CUDA-graph forward took (H200,
-    2026-11-29, results/selective_scan_2026-11-29_s11_regs_{tc,cl}.json) 0.308 / 0.392 / 0.642 / 1.547 /
-    1.606 ms instead of 0.312 / 0.391 / 0.690 / 1.604 / 1.681 at the five rows time-contiguous,
+    the forward at Vim-S 224 (ncu source counters,
+    results/ncu_selective_scan_224_{tc,cl}_source.txt) put 20 % (time-contiguous) and 7 %
+    (channel-last) of the stall samples on converting z loaded at the tile's end; loaded with the
+    next tile's u and delta, the CUDA-graph forward took (H200, 2026-11-29,
+    results/selective_scan_2026-11-29_s11_regs_{tc,cl}.json) 0.308 / 0.392 / 0.642 / 1.547 / 1.606 ms
+    instead of 0.312 / 0.391 / 0.690 / 1.604 / 1.681 at the five rows time-contiguous,
     and 0.256 / 0.349 / 0.554 / 1.393 / 1.456 instead of 0.414 / 0.546 / 0.768 / 1.834 / 1.996 ms
     channel-last. The bidirectional kernel gates in the direction that finishes second, so it
     does not (both would load z)."""
@@ -174,8 +175,8 @@ def z_ahead_default(bidirectional: bool) -> bool:
 def bwd_ahead_default(length: int, channel_last_layout: bool) -> bool:
     """Whether the sequential backward loads each sub-tile's u/delta/dout/z one sub-tile ahead:
     except on time-contiguous inputs up to 2048 steps (as for the forward's B/C lookahead). Eager
-    forward+backward ms, H200, 2026-11-29, ahead / not (results/selective_scan_2026-11-29_s11_tc.json
-    and _s11_oldbwd_tc.json, one run each): time-contiguous Vim-S 224 2.382 / 1.960, 1024 px 2.995
+    forward+backward ms, H200, 2026-11-29, ahead / not
+    (results/selective_scan_2026-11-29_s11_tc.json and _s11_oldbwd_tc.json, one run each): time-contiguous Vim-S 224 2.382 / 1.960, 1024 px 2.995
     / 3.076, byte LM 8k 7.466 / 7.733; channel-last (the mixers' layout; _s11_cl.json against
     _final_cl.json, which also lacked the z lookahead and the transposed sums) 1.975 / 1.991,
     2.490 / 3.178, 6.596 / 9.068."""
@@ -186,17 +187,19 @@ def fwd_maxnreg_default(channel_last_layout: bool, bidirectional: bool, bc_ahead
                         sms: int) -> Optional[int]:
     """The forward's register cap: 128 (16 resident one-warp programs per SM instead of 8; 32
     bytes of spill, offline sm_90) for the fused bidirectional kernel on channel-last inputs
-    without the B/C lookahead, unless its ``programs`` put two to eight on each of the ``sms`` SMs.
+    without the B/C lookahead, unless more than four and at most eight of its ``programs`` share
+    each of the ``sms`` SMs.
 
     H200, 2026-11-29, CUDA-graph forward ms, capped / not: Vim-S 224 / 448 px / 8k (6144 / 1536 /
     512 programs) 0.530 / 0.668, 0.633 / 0.931, 2.860 / 3.444
     (results/selective_scan_2026-11-29_s11_cap128_cl_log.txt); (batch, 768, 4097) at batch 8 / 12 /
     16 / 24 / 32 (384 ... 1536 programs) 1.061 / 1.341, 2.898 / 2.180, 3.028 / 2.257, 3.181 /
     4.631, 3.283 / 4.794 (results/selective_scan_2026-11-29_s11_cap128_log.txt, with vim_small:
-    5,608 / 4,702 img/s at 224 px, 161 / 198 at 1024 px batch 16). Time grows with the warps on an SM (the kernel is bound by what
-    an SM issues, not by latency), so the cap wins with at most one warp per scheduler and where
-    the uncapped kernel needs a second wave, and its spills lose in between. The single-direction
-    kernels spill more under caps and ran up to 2.2x slower with 168 or 128."""
+    5,608 / 4,702 img/s at 224 px, 161 / 198 at 1024 px batch 16). Time grows with the warps on
+    an SM (the kernel is bound by what an SM issues, not by latency), so the cap wins with at most
+    one warp per scheduler and where the uncapped kernel needs a second wave, and its spills lose
+    in between. The single-direction kernels spill more under caps and ran up to 2.2x slower with
+    168 or 128."""
     if not (bidirectional and channel_last_layout and not bc_ahead):
         return None
     return 128 if programs <= 4 * sms or programs > WARPS_PER_SM * sms else None

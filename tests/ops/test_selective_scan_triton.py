@@ -121,6 +121,22 @@ def test_loads_ahead_or_not_match_float64_oracle(config, segments, layout, ahead
     check_against_oracle(args, 2e-5, 1e-4)
 
 
+# H200 measurements (NOTES.md, stop 11) of the fused bidirectional channel-last forward: (programs,
+# ms with the 128-register cap, ms without) at Vim-S 224 / 448 px / 8k and (batch, 768, 4097) for
+# batch 8, 12, 16, 24, 32.
+CAP_MEASURED = [(6144, 0.530, 0.668), (1536, 0.633, 0.931), (512, 2.860, 3.444), (384, 1.061, 1.341),
+                (576, 2.898, 2.180), (768, 3.028, 2.257), (1152, 3.181, 4.631), (1536, 3.283, 4.794)]
+
+
+def test_register_cap_rule_picks_the_faster_measured_kernel():
+    for programs, capped, uncapped in CAP_MEASURED:
+        cap = triton_op.fwd_maxnreg_default(True, True, False, programs, DEFAULT_SMS)
+        assert (cap == 128) == (capped < uncapped), (programs, cap)
+    # Only the bidirectional channel-last kernel without the B/C lookahead is capped.
+    for cl, bidir, ahead in ((False, True, False), (True, False, False), (True, True, True)):
+        assert triton_op.fwd_maxnreg_default(cl, bidir, ahead, 6144, DEFAULT_SMS) is None
+
+
 @pytest.mark.parametrize("batch,dim,length,segmented", [
     (128, 768, 197, False),  # Vim-S 224: 3,072 one-warp programs, about 3 waves already
     (32, 768, 785, False),

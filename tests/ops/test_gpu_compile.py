@@ -16,9 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 @pytest.mark.parametrize("op,shape,extra,kernels", [
-    ("scan", "2,64,40,16", [], {"stage_bc_kernel", "ss_fwd_seq_n16_t8_uni", "ss_bwd_seq_n16_t2_uni_tsum"}),
+    ("scan", "2,64,40,16", [], {"stage_bc_kernel", "ss_fwd_seq_n16_t8_uni_zahead", "ss_bwd_seq_n16_t2_uni_tsum"}),
     ("scan", "2,64,40,16", ["--channel-last", "--bidirectional"],
-     {"ss_fwd_seq_n16_t8_bi_cl", "ss_bwd_seq_n16_t2_bi_cl_tsum"}),
+     {"ss_fwd_seq_n16_t8_bi_cl", "ss_bwd_seq_n16_t2_bi_cl_tsum_ahead"}),
     ("ssd", "2,40,2,16,16", [], {"ssd_fwd_kernel", "ssd_bwd_kernel"}),
 ])
 def test_forward_and_backward_kernels_compile_for_sm90(op, shape, extra, kernels, tmp_path):

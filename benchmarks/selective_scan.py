@@ -26,8 +26,8 @@ the time-parallel ``triton_bwd``); CONFIGS entries name their own (``c16``/``c64
 ``seq*``/``*seq16`` the sequential one), so ``--configs c16,seq16`` times both in one run;
 ``--auto ahead`` makes the automatic tiling (and so the check, bidirectional and big phases) use
 CONFIGS["ahead"]'s fields; ``--channel-last`` passes u/delta/z/B/C as channel-last views.
-Writes ``selective_scan_<date>.json`` and ``selective_scan_<date>.png`` into ``--out``, with the
-registers and spills of every compiled scan kernel.
+Writes ``selective_scan_<date>[_cl][_<tag>].json`` and ``.png`` into ``--out`` (``--tag``), with
+the registers and spills of every compiled scan kernel.
 ``--dry-run`` runs the same code on the CPU under ``TRITON_INTERPRET=1`` at tiny shapes.
 """
 from __future__ import annotations

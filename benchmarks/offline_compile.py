@@ -110,12 +110,8 @@ def compile_launch(fn, args, kwargs, arch=90, sass_dir=None):
     return result
 
 
-def channel_last_view(t: torch.Tensor) -> torch.Tensor:
-    """``t`` (..., dim, L) as a view of (..., L, dim) memory (what a Mamba mixer's linear layers give)."""
-    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
-
-
 def scan_call(shape, backward, bidirectional, config, channel_last=False):
+    from mambazoo_kernels import to_channel_last
     from mambazoo_kernels.selective_scan import triton_op
 
     if config is not None:
@@ -128,7 +124,7 @@ def scan_call(shape, backward, bidirectional, config, channel_last=False):
             torch.randn(*lead, batch, d_state, length, **bf16), torch.ones(*lead, dim),
             torch.randn(batch, dim, length, **bf16), torch.zeros(*lead, dim), None)
     if channel_last:
-        args = tuple(channel_last_view(a) if i in (0, 1, 6) else a for i, a in enumerate(args))
+        args = tuple(to_channel_last(a) if i in (0, 1, 6) else a for i, a in enumerate(args))
 
     def call():
         out, final, ckpt, ypre, segdt = triton_op.scan_forward(*args, True, 0.5, bidirectional, backward)

@@ -45,7 +45,7 @@ from _harness import (DRY, Run, bench, bench_graph, device, empty_cache, fmt_err
 
 import torch
 
-from mambazoo_kernels import bidirectional_selective_scan, selective_scan
+from mambazoo_kernels import bidirectional_selective_scan, selective_scan, to_channel_last
 from mambazoo_kernels.selective_scan import triton_op
 
 # name, (batch, dim, length, d_state); mamba_ssm 2.3.2 CUDA fwd / fwd+bwd ms, FACTS.md section 1.
@@ -66,7 +66,7 @@ ISSUE_TARGETS = {"fwd": {"vim_s_224": 4.0, "default": 2.0}, "fwdbwd": {"vim_s_22
                  "bidir": 1.8}
 
 # Tilings tried by the time phase: (chunk, fwd_tile, fwd_warps, bwd_vec, bwd_warps[, segments,
-# fwd_maxnreg, bwd_kind, bwd_tile, prefetch]) as in triton_op.ScanConfig, or a dict of fields
+# fwd_maxnreg, bwd_kind, bwd_tile, bc_ahead, bwd_sum, z_ahead, bwd_ahead]) as in triton_op.ScanConfig, or a dict of fields
 # replaced in the automatic tiling of each length; "auto" is triton_op.default_config (per
 # length, backward kind from --bwd, with --auto's replacements).
 CONFIGS = {
@@ -150,7 +150,7 @@ def make_args(batch, dim, length, d_state, ndir=None, seed=0, grad=False, dtype=
     )
     if CHANNEL_LAST:
         for name in ("u", "delta", "z", "B", "C"):
-            args[name] = args[name].transpose(-1, -2).contiguous().transpose(-1, -2)
+            args[name] = to_channel_last(args[name])
     if grad:
         for k, v in args.items():
             if isinstance(v, torch.Tensor):

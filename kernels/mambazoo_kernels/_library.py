@@ -146,6 +146,12 @@ def channel_last(*tensors: Optional[Tensor]) -> bool:
     return all(t is None or (t.dim() >= 2 and t.stride(-2) == 1 and t.shape[-2] > 1) for t in tensors)
 
 
+def to_channel_last(t: Tensor) -> Tensor:
+    """``t`` (..., dim, L) copied into (..., L, dim) memory and seen as (..., dim, L) again: the
+    layout :func:`channel_last` recognizes (what a Mamba mixer's linear layers produce)."""
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
 def empty_in_layout(like: Tensor, shape: Sequence[int], channel_last_layout: bool) -> Tensor:
     """An empty ``(..., dim, L)`` tensor in time-contiguous or channel-last memory."""
     if channel_last_layout:

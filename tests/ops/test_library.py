@@ -25,7 +25,7 @@ import mambazoo  # noqa: F401  (registers the models)
 from mambazoo.layers import Mamba2Mixer, MambaMixer
 from mambazoo_kernels import (
     bidirectional_selective_scan, causal_conv1d, causal_conv1d_update, reference_decompositions, selective_scan,
-    selective_state_update,
+    selective_state_update, to_channel_last,
 )
 from mambazoo_kernels.causal_conv1d.reference import causal_conv1d_reference
 from mambazoo_kernels.selective_scan import triton_op
@@ -33,7 +33,6 @@ from mambazoo_kernels.selective_scan.reference import (
     bidirectional_selective_scan_reference, selective_scan_reference,
 )
 
-from test_selective_scan import channel_last_view
 
 ops = torch.ops.mambazoo
 SCAN_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
@@ -97,7 +96,7 @@ def test_opcheck_triton_scan(bidirectional, channel_last):
     prefix = (2,) if bidirectional else ()
     args = scan_inputs(prefix=prefix, length=20, bc="token", dtype=torch.float32, seed=3)
     if channel_last:
-        args.update({name: channel_last_view(args[name]) for name in ("u", "delta", "z")})
+        args.update({name: to_channel_last(args[name]) for name in ("u", "delta", "z")})
     args = with_grad(args)
     if bidirectional:
         op, flags = ops.bidirectional_selective_scan.default, (True, True, True, True)
@@ -113,7 +112,7 @@ def test_opcheck_triton_scan(bidirectional, channel_last):
 def test_opcheck_causal_conv1d(use_triton, with_bias, silu, reverse, channel_last):
     dtype = torch.float32 if use_triton else torch.float64
     x = torch.randn(2, 5, 11, dtype=dtype)
-    x = (channel_last_view(x) if channel_last else x).requires_grad_()
+    x = (to_channel_last(x) if channel_last else x).requires_grad_()
     weight = torch.randn(5, 4, dtype=dtype, requires_grad=True)
     bias = torch.randn(5, dtype=dtype, requires_grad=True) if with_bias else None
     torch.library.opcheck(ops.causal_conv1d.default, (x, weight, bias, silu, reverse, use_triton))

@@ -156,11 +156,6 @@ def test_linear_scan_matches_loop():
         torch.testing.assert_close(cum[:, t], prod, rtol=1e-12, atol=1e-12)
 
 
-def channel_last_view(t):
-    """``t`` (..., dim, L) as a view of (..., L, dim) memory, as a Mamba mixer's linear layers give it."""
-    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
-
-
 def stack_directions(a, b):
     return {k: (torch.stack([a[k], b[k]]) if a[k] is not None and k != "z" else a[k])
             for k in a if k != "delta_softplus"}

@@ -25,11 +25,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mambazoo_kernels import bidirectional_selective_scan, selective_scan
+from mambazoo_kernels import bidirectional_selective_scan, selective_scan, to_channel_last
 from mambazoo_kernels._backend import DEFAULT_SMS
 from mambazoo_kernels.selective_scan import triton_op
 
-from test_selective_scan import channel_last_view, make_inputs, oracle, rel_err, stack_directions
+from test_selective_scan import make_inputs, oracle, rel_err, stack_directions
 
 NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
 
@@ -116,7 +116,7 @@ def test_loads_ahead_or_not_match_float64_oracle(config, segments, layout, ahead
     # ahead, the backward's sub-tiles one sub-tile ahead, across tiles, chunks and segment ends.
     args = make_inputs(2, 6, 50, 4, "grouped", 3, dtype=torch.float32, with_state=True, seed=5)
     if layout == "channel_last":
-        args.update({name: channel_last_view(args[name]) for name in ("u", "delta", "z")})
+        args.update({name: to_channel_last(args[name]) for name in ("u", "delta", "z")})
     config(length=50, bc_ahead=ahead, z_ahead=ahead, bwd_ahead=ahead, segments=segments)
     check_against_oracle(args, 2e-5, 1e-4)
 
@@ -303,7 +303,7 @@ def test_channel_last_inputs_match_float64_oracle(bidirectional, bc_ahead, segme
         args = stack_directions(fwd, rev)
     else:
         args = {k: v for k, v in fwd.items() if k != "delta_softplus"}
-    args.update({name: channel_last_view(args[name]) for name in ("u", "delta", "z")})
+    args.update({name: to_channel_last(args[name]) for name in ("u", "delta", "z")})
     leaves = leaves_of(args)
     op = bidirectional_selective_scan if bidirectional else selective_scan
     out, states = op(**args, delta_softplus=True, return_final_state=True, backend="triton")
@@ -335,7 +335,7 @@ def test_channel_sums_match_float64_oracle(dim, channel_last, segments, bwd_sum,
     args = make_inputs(2, dim, length, 4, "token", 1, dtype=torch.float32, with_state=True, seed=14)
     args = {k: v for k, v in args.items() if k != "delta_softplus"}
     if channel_last:
-        args.update({name: channel_last_view(args[name]) for name in ("u", "delta", "z")})
+        args.update({name: to_channel_last(args[name]) for name in ("u", "delta", "z")})
     check_against_oracle({**args, "delta_softplus": True}, 2e-5, 1e-4)
 
 

@@ -400,3 +400,10 @@ def test_float64_is_refused_by_an_explicit_triton_backend():
 def test_importing_the_package_imports_no_triton():
     code = "import sys, mambazoo_kernels; sys.exit('triton' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "0"}).returncode == 0
+
+
+@pytest.mark.parametrize("fields,name", [({"bwd_sum": "tree"}, "bwd_sum"), ({"fwd_maxnreg": 300}, "fwd_maxnreg"),
+                                         ({"fwd_maxnreg": -1}, "fwd_maxnreg")])
+def test_bad_tiling_is_named(fields, name):
+    with pytest.raises(ValueError, match=name):
+        triton_op.ScanConfig(**fields)

@@ -75,6 +75,9 @@ class ScanConfig:
             raise ValueError(f"bwd_kind must be one of {BWD_KINDS}, got {self.bwd_kind!r}")
         if self.bwd_sum not in BWD_SUMS:
             raise ValueError(f"bwd_sum must be one of {BWD_SUMS}, got {self.bwd_sum!r}")
+        if self.fwd_maxnreg is not None and not 0 <= self.fwd_maxnreg <= 255:
+            raise ValueError(f"fwd_maxnreg must be None (the measured rule), 0 (no cap) or a register count up to "
+                             f"255, got {self.fwd_maxnreg!r}")
 
     def block_d(self, backward: bool) -> int:
         if backward:

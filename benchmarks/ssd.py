@@ -62,10 +62,12 @@ BYTES_PER_S = 4.22e12  # device-to-device copy, read + write
 MATMUL_FLOPS = 790e12  # bf16 8192^3 matmul
 ISSUE_TARGETS = {"fwd": {"vim_s_224": 2.0, "default": 1.3}, "fwdbwd": 1.5, "bidir": 1.6}
 # Tilings besides the automatic one: SSDConfig fields (chunk, block_p, fwd_warps, bwd_warps,
-# segments). "c64" was the automatic tiling of the 2026-11-28 runs; "sK" fixes K sequence segments
-# (s5 / s6 / s44 / s66: the 2026-11-29 plan at LM 8k / Vim-S 1024 / packed / DNA 131k). block_p 32
-# at d_state 128 hit an illegal address on triton 3.6 (H200, 2026-11-28) and is left out.
-CONFIGS = {"c64": (64, 64), "c32": (32, 64), "w4": (64, 64, 4, 4), "w8": (64, 64, 8, 8),
+# segments, prefetch). "c64" was the automatic tiling of the 2026-11-28 runs; "sK" fixes K sequence
+# segments; "p32" 32-channel headdim blocks; "bw16" 16-warp backward programs; "pf" / "nopf" the
+# forward with / without its L1 prefetch of the next chunk.
+CONFIGS = {"c64": (64, 64), "c32": (32, 64), "w4": (64, 64, 4, 4), "w8": (64, 64, 8, 8), "p32": (None, 32),
+           "bw16": (None, 64, None, 16), "pf": (None, 64, None, None, None, True),
+           "nopf": (None, 64, None, None, None, False),
            **{f"s{k}": (None, 64, None, None, k) for k in (1, 2, 4, 5, 6, 11, 16, 22, 33, 44, 66)}}
 
 
@@ -288,24 +290,27 @@ def phase_time(shapes, configs, log, on_row=lambda rows: None):
             log(f"  {name:13s} {cname:6s} fwd {fwd:7.3f} ms ({vs(c['fwd_speedup'])}mem {c['fwd_frac_mem']:.0%}, "
                 f"mm {c['fwd_frac_matmul']:.0%}; graph {fwd_graph:.3f} ms)  fwd+bwd {fwdbwd:7.3f} ms ({vs(c['fwdbwd_speedup'])}"
                 f"mem {c['fwdbwd_frac_mem']:.0%}, mm {c['fwdbwd_frac_matmul']:.0%})")
-        set_config(None)
         for kind in ("bidir", "bidir_vim2") if name in BIDIR_ROWS else ():
             per_dir = kind == "bidir_vim2"
-            try:
-                fused, two, fused_bwd, two_bwd, fused_graph, two_graph = time_bidir(shape, per_dir)
-                (mem_f, mm_f), _ = limits(shape, triton_op.SSDConfig().chunk_for(shape[1], False), ndir=2,
-                                          z=not per_dir, per_dir=per_dir)
-                row[kind] = {"fused_fwd_ms": fused, "two_calls_fwd_ms": two, "fused_fwdbwd_ms": fused_bwd,
-                             "two_calls_fwdbwd_ms": two_bwd, "fwd_ratio": two / fused,
-                             "fwdbwd_ratio": two_bwd / fused_bwd, "fused_fwd_graph_ms": fused_graph,
-                             "two_calls_fwd_graph_ms": two_graph, "fwd_graph_ratio": two_graph / fused_graph,
-                             "fused_fwd_frac_mem": mem_f / fused, "fused_fwd_frac_matmul": mm_f / fused}
-                log(f"  {name:13s} {kind} fused fwd {fused:.3f} ms vs two calls {two:.3f} ms ({two / fused:.2f}x); "
-                    f"fwd+bwd {fused_bwd:.3f} vs {two_bwd:.3f} ms ({two_bwd / fused_bwd:.2f}x); graph fwd {fused_graph:.3f} "
-                    f"vs {two_graph:.3f} ms ({two_graph / fused_graph:.2f}x)")
-            except Exception as exc:
-                log(f"  {name} {kind} FAILED: {exc!r}")
-                row[kind] = {"error": repr(exc)}
+            for cname, spec in [("auto", None)] + [(c, CONFIGS[c]) for c in configs]:
+                key = kind if cname == "auto" else f"{kind}_{cname}"
+                set_config(spec)
+                try:
+                    fused, two, fused_bwd, two_bwd, fused_graph, two_graph = time_bidir(shape, per_dir)
+                    (mem_f, mm_f), _ = limits(shape, triton_op.SSDConfig().chunk_for(shape[1], False), ndir=2,
+                                              z=not per_dir, per_dir=per_dir)
+                    row[key] = {"spec": spec, "fused_fwd_ms": fused, "two_calls_fwd_ms": two,
+                                "fused_fwdbwd_ms": fused_bwd, "two_calls_fwdbwd_ms": two_bwd, "fwd_ratio": two / fused,
+                                "fwdbwd_ratio": two_bwd / fused_bwd, "fused_fwd_graph_ms": fused_graph,
+                                "two_calls_fwd_graph_ms": two_graph, "fwd_graph_ratio": two_graph / fused_graph,
+                                "fused_fwd_frac_mem": mem_f / fused, "fused_fwd_frac_matmul": mm_f / fused}
+                    log(f"  {name:13s} {key} fused fwd {fused:.3f} ms vs two calls {two:.3f} ms ({two / fused:.2f}x); "
+                        f"fwd+bwd {fused_bwd:.3f} vs {two_bwd:.3f} ms ({two_bwd / fused_bwd:.2f}x); graph fwd "
+                        f"{fused_graph:.3f} vs {two_graph:.3f} ms ({two_graph / fused_graph:.2f}x)")
+                except Exception as exc:
+                    log(f"  {name} {key} FAILED: {exc!r}")
+                    row[key] = {"error": repr(exc)}
+        set_config(None)
         on_row(rows)
         empty_cache()
     return rows

@@ -295,15 +295,6 @@ def test_vim2_mixer_through_the_kernels(monkeypatch):
         assert rel_err(got, want) < 1e-4, (name, rel_err(got, want))
 
 
-def test_safe_tiling_at_d_state_128():
-    """headdim blocks of 32 at d_state 128 crashed on the H200: the plan takes 64-channel blocks."""
-    triton_op.CONFIG = triton_op.SSDConfig(block_p=32)
-    cpu = torch.device("cpu")
-    assert triton_op._plan(2, 100, 4, 32, 128, 1, True, cpu).block_p == 64
-    assert triton_op._plan(2, 100, 4, 64, 128, 2, True, cpu).block_p == 64
-    assert triton_op._plan(2, 100, 4, 64, 64, 1, True, cpu).block_p == 32  # smaller states keep the choice
-
-
 def test_segment_plan_fills_one_wave():
     """Segments only for SMs that would idle: one 8-warp program fills an SM (d_state 128), so LM
     8k's 128 (batch, head) programs run unsegmented (the old plan, aiming at 4 programs per SM, cut
@@ -320,6 +311,18 @@ def test_segment_plan_fills_one_wave():
     assert packed == [2 * DEFAULT_SMS // 12, DEFAULT_SMS // 12]
     assert triton_op._plan(1, 300, 1, 64, 64, 1, False, cpu).n_segs == 5  # 10 chunks: at most half of them
     assert triton_op._plan(128, 197, 12, 64, 64, 2, True, cpu).n_segs == 1  # Vim-S 224: 3072 programs
+
+
+# (bidirectional, CUDA-graph forward ms with / without the L1 prefetch), H200 2026-11-29,
+# benchmarks/results/ssd_2026-11-29_s12c.json: Vim-S 224 / 1024 both layouts, then single Vim-S
+# 1024, LM 8k, DNA 131k, packed (single Vim-S 224, 0.141 / 0.145, is within noise and left out).
+PREFETCH_MEASURED = [(True, 0.401, 0.430), (True, 0.353, 0.388), (True, 0.609, 0.671), (True, 0.542, 0.609),
+                     (False, 0.244, 0.223), (False, 0.711, 0.627), (False, 1.036, 0.900), (False, 0.202, 0.185)]
+
+
+def test_prefetch_rule_picks_the_faster_measured_kernel():
+    for bidirectional, with_prefetch, without in PREFETCH_MEASURED:
+        assert triton_op.prefetch_default(bidirectional) == (with_prefetch < without)
 
 
 def test_headdim_below_the_block_at_large_d_state():

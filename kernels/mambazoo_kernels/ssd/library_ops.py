@@ -61,7 +61,7 @@ def _ssd_forward(bidirectional, average, inputs, seq_idx, chunk_size, softplus, 
     f32 = torch.float32
     # The reference's outputs may be views of its intermediates: outputs must be fresh, plain tensors.
     return (out.contiguous(), final.clone(memory_format=torch.contiguous_format),
-            _placeholder(x, f32), _placeholder(x), _placeholder(x, f32))
+            _placeholder(x), _placeholder(x), _placeholder(x, f32))
 
 
 def _ssd_forward_fake(bidirectional, inputs, use_triton, save):
@@ -75,7 +75,7 @@ def _ssd_forward_fake(bidirectional, inputs, use_triton, save):
     else:
         ckpt = ypre = segdecay = (0,)
     f32 = torch.float32
-    return out, final, x.new_empty(ckpt, dtype=f32), x.new_empty(ypre), x.new_empty(segdecay, dtype=f32)
+    return out, final, x.new_empty(ckpt), x.new_empty(ypre), x.new_empty(segdecay, dtype=f32)
 
 
 def _ssd_backward(bidirectional, average, dout, dfinal, inputs, seq_idx, saved, chunk_size, softplus, dt_limit,

@@ -96,7 +96,6 @@ def ssd_bwd_kernel(
             dy = dout * scale
         Ct = tl.load(C_base + tok64[:, None] * sC_t + offs_n[None, :] * sC_n, mask=qn_mask, other=0.0)
         from_start = tl.where(start_ok, tl.exp(cs), 0.0)
-        G_prev = G * tl.where(pass_ok, tl.exp(cs_last), 0.0) + _mm(tl.trans(dy * from_start[:, None]), Ct, LOWP, dtype)
         if not STATE_PASS:
             xt = tl.load(x_ptr + dir64 * sx_dir + offs, mask=qp_mask, other=0.0).to(tl.float32)
             Bt = tl.load(B_base + tok64[:, None] * sB_t + offs_n[None, :] * sB_n, mask=qn_mask, other=0.0)
@@ -124,8 +123,8 @@ def ssd_bwd_kernel(
             du = _mm(tl.trans(W), dy, LOWP, dtype) + du_inter
             dyu_raw = _mm(dy, tl.trans(u), LOWP, dtype)
             dyu = dyu_raw * decay
-            dB = _mm(tl.trans(dyu), Ct, LOWP, dtype) + _mm(u * to_end[:, None], G, LOWP, dtype)
-            dC = _mm(dyu, Bt, LOWP, dtype) + _mm(dy * from_start[:, None], S0, LOWP, dtype)
+            dB = _mm(u * to_end[:, None], G, LOWP, dtype, _mm(tl.trans(dyu), Ct, LOWP, dtype))
+            dC = _mm(dy * from_start[:, None], S0, LOWP, dtype, _mm(dyu, Bt, LOWP, dtype))
             bc_offs = bc_base + tok64[:, None] * (H * n_pb * N) + offs_n[None, :]
             tl.store(dB_ptr + bc_offs, dB, mask=qn_mask)
             tl.store(dC_ptr + bc_offs, dC, mask=qn_mask)
@@ -150,7 +149,8 @@ def ssd_bwd_kernel(
                 tl.store(dx_ptr + dir64 * ((pid_bh * 0 + batch) * L * H * P) + offs, dx, mask=qp_mask)
             else:
                 tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=qp_mask)
-        G = G_prev
+        # The adjoint entering the chunk, last: the old G's live range ends here (fewer spills at d_state 128).
+        G = _mm(tl.trans(dy * from_start[:, None]), Ct, LOWP, dtype, G * tl.where(pass_ok, tl.exp(cs_last), 0.0))
 
     if STATE_PASS:
         tl.store(seg_ptr + (row * n_segs + seg) * P * N + pn_offs, G, mask=pn_mask)

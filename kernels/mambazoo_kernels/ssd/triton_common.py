@@ -55,16 +55,29 @@ def _softplus(x):
 
 
 @triton.jit
-def _mm(a, b, LOWP: tl.constexpr, dtype: tl.constexpr):
-    """a @ b with fp32 accumulation: operands in ``dtype`` (bf16/fp16 inputs, tensor cores) when
+def _mm(a, b, LOWP: tl.constexpr, dtype: tl.constexpr, acc=None):
+    """``acc`` + a @ b (fp32 accumulation): operands in ``dtype`` (bf16/fp16 inputs, tensor cores) when
     ``LOWP``, else exact fp32 (fp32 inputs: no tf32 rounding)."""
     if LOWP:
         if _INTERPRETED:
-            return tl.dot(a.to(dtype).to(tl.float32), b.to(dtype).to(tl.float32), out_dtype=tl.float32)
+            return tl.dot(a.to(dtype).to(tl.float32), b.to(dtype).to(tl.float32), acc=acc, out_dtype=tl.float32)
         else:
-            return tl.dot(a.to(dtype), b.to(dtype), out_dtype=tl.float32)
+            return tl.dot(a.to(dtype), b.to(dtype), acc=acc, out_dtype=tl.float32)
     else:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee", out_dtype=tl.float32)
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc=acc, input_precision="ieee", out_dtype=tl.float32)
+
+
+@triton.jit
+def prefetch_rows(row_ptrs, ROW_BYTES: tl.constexpr):
+    """Ask L1 for the cache lines of a tile's rows (``row_ptrs``: each row's first element, every
+    pointer valid), e.g. the next chunk's, so that its loads find them there; no registers are held
+    for them. Compiled kernels only: the interpreter runs no PTX, and there it is a no-op."""
+    if not _INTERPRETED:
+        lines: tl.constexpr = max(1, ROW_BYTES // 128)
+        step: tl.constexpr = 128 * 8 // row_ptrs.dtype.element_ty.primitive_bitwidth
+        ptrs = row_ptrs[:, None] + (tl.arange(0, lines) * step)[None, :]
+        tl.inline_asm_elementwise("prefetch.global.L1 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                                  is_pure=False, pack=1)
 
 
 @triton.jit

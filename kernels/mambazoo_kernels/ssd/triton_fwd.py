@@ -10,7 +10,9 @@ Layouts (``triton_op`` prepares them; ``ndir`` is 1, or 2 for the bidirectional 
     B, C              (ndir, batch, L, groups, d_state), any strides (direction stride 0 = shared)
     seq_idx           (batch, L) int32/int64
     states            (ndir, batch, heads, headdim, d_state) fp32 (initial, final)
-    checkpoints       (ndir, batch, heads, n_chunks, headdim, d_state) fp32: state entering each chunk
+    checkpoints       (ndir, batch, heads, n_chunks, headdim, d_state) in x's dtype: the state entering
+                      each chunk (the backward feeds it to bf16/fp16 dots; only its fp32 <G, S0> term
+                      sees the rounding)
 
 A program owns one (batch x head, headdim block, direction x segment) and walks its chunks in
 order, carrying the [headdim block, d_state] state in registers. Per chunk of Q tokens it loads
@@ -31,18 +33,23 @@ outputs) writes each segment's end state from a zero start and its total decay,
 ``segment_combine_kernel`` chains them, and the full pass runs every segment from its true
 starting state. This costs a second read of x, dt and B.
 
-The bidirectional combine: each direction's program writes its fp32 ``y`` tile to a scratch
-buffer and increments an int32 flag per (batch x head, headdim block, chunk); the program that
-finds the flag at 1 came second, reads the other direction's tile and writes
-``(y_f + y_r) * scale * silu(z)``. fp32 addition is commutative, so the result does not depend
-on which direction finished first.
+The bidirectional combine: the two directions meet once per (batch x head, headdim block,
+chunk), counted by an int32 flag. A program announces itself when it starts the chunk (a relaxed
+atomic whose answer it reads only at the chunk's end, so its latency hides behind the chunk's
+work, and which orders nothing: an acquiring one would hold the chunk's loads back); the
+first to arrive stores its fp32 ``y`` tile to a scratch buffer and publishes it (adds 4 to the
+flag; the arrivals add 1 each); the second waits for a flag of 4 or more (reached already unless
+both ran the chunk at the same time), reads the tile and writes ``(y_f + y_r) * scale * silu(z)``.
+fp32 addition is commutative, so the result does not depend on which direction came first. The
+first never waits, and the second waits only for a program that has started (is resident), so
+the protocol cannot deadlock.
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from .triton_common import _mm, _sigmoid, chunk_setup, program_setup
+from .triton_common import _mm, _sigmoid, chunk_setup, prefetch_rows, program_setup
 
 # Sizes and flags that vary per call are plain (unspecialized) arguments, so one compiled kernel
 # serves every batch, length and head count; headdim, d_state and the x/B/C strides stay
@@ -61,6 +68,7 @@ def ssd_fwd_kernel(
     Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, LOWP: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_LIMIT: tl.constexpr, HAS_SEQ: tl.constexpr, STATE_PASS: tl.constexpr, BIDIR: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     pid_bh = tl.program_id(0).to(tl.int64)
     pid_p = tl.program_id(1)
@@ -74,6 +82,8 @@ def ssd_fwd_kernel(
     B_base = B_ptr + dir64 * sB_dir + b * sB_b + g * sB_g
     C_base = C_ptr + dir64 * sC_dir + b * sC_b + g * sC_g
     tokP = H * P  # token stride of x / z / out
+    x_bytes: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth // 8
+    B_bytes: tl.constexpr = B_ptr.dtype.element_ty.primitive_bitwidth // 8
 
     if STATE_PASS:
         state = tl.full([BP, BN], 0.0, tl.float32)
@@ -88,8 +98,21 @@ def ssd_fwd_kernel(
         tok64, valid, dt, cs, cs_last, same_seq, start_ok, end_ok, pass_ok = chunk_setup(
             dt_base, seq_base, k, L, H, A, bias, dt_min, dt_max, sgn, rev0, offs_c,
             Q, HAS_BIAS, SOFTPLUS, HAS_LIMIT, HAS_SEQ)
+        if PREFETCH:  # the next chunk's rows into L1 while this one computes (clamped: always valid)
+            nxt = tl.minimum(tl.maximum(tok64 + sgn * Q, 0), L - 1)
+            prefetch_rows(dt_base + nxt * H, 4)
+            prefetch_rows(x_base + nxt * tokP + pid_p * BP, BP * x_bytes)
+            prefetch_rows(B_base + nxt * sB_t, BN * B_bytes)
+            if not STATE_PASS:
+                prefetch_rows(C_base + nxt * sC_t, BN * B_bytes)
+                if HAS_Z:
+                    prefetch_rows(z_ptr + nxt * tokP + (b * L * H * P + h * P + pid_p * BP), BP * x_bytes)
+        if BIDIR and not STATE_PASS:
+            flag = flag_ptr + (pid_bh * tl.num_programs(1) + pid_p) * n_chunks + k
+            arrival = tl.atomic_add(flag, 1, sem="relaxed")  # read at the chunk's end
         if store_ckpt != 0:
-            tl.store(ckpt_ptr + ((row * n_chunks + k) * P * N) + pn_offs, state, mask=pn_mask)
+            tl.store(ckpt_ptr + ((row * n_chunks + k) * P * N) + pn_offs, state.to(ckpt_ptr.dtype.element_ty),
+                     mask=pn_mask)
         qp_mask = valid[:, None] & pmask[None, :]
         qn_mask = valid[:, None] & nmask[None, :]
         xt = tl.load(x_base + tok64[:, None] * tokP + offs_p[None, :], mask=qp_mask, other=0.0).to(tl.float32)
@@ -109,13 +132,15 @@ def ssd_fwd_kernel(
                 y += xt * Dv[None, :]
             offs = tok64[:, None] * tokP + offs_p[None, :] + (b * L * H * P + h * P)
             if BIDIR:
-                plane = (pid_bh * 0 + batch) * L * H * P  # int64: the scratch passes 2^31 before x does
-                tl.store(ybuf_ptr + dir64 * plane + offs, y, mask=qp_mask)
-                tl.debug_barrier()
-                old = tl.atomic_add(flag_ptr + (pid_bh * tl.num_programs(1) + pid_p) * n_chunks + k, 1)
-                if old == 1:
-                    other = tl.load(ybuf_ptr + (1 - dir64) * plane + offs, mask=qp_mask, other=0.0,
-                                    cache_modifier=".cg")
+                if arrival == 0:  # first here: hand the tile over
+                    tl.store(ybuf_ptr + offs, y, mask=qp_mask)
+                    tl.debug_barrier()
+                    tl.atomic_add(flag, 4, sem="release")
+                else:
+                    seen = arrival * 0
+                    while seen < 4:  # acquiring: the tile's read comes after the flag's
+                        seen = tl.atomic_add(flag, 0, sem="acquire")
+                    other = tl.load(ybuf_ptr + offs, mask=qp_mask, other=0.0, cache_modifier=".cg")
                     y = (y + other) * scale
                     if store_ypre != 0:
                         tl.store(ypre_ptr + offs, y.to(ypre_ptr.dtype.element_ty), mask=qp_mask)

@@ -35,14 +35,16 @@ MAX_D_STATE = 256
 class SSDConfig:
     """Tiling: ``chunk`` tokens per chunk (None: see :meth:`chunk_for`), ``block_p`` headdim
     channels per program (both powers of two >= 16), warps per program (None: 4 for the forward
-    up to d_state 64, else 8; the backward holds twice the tiles), and the number of sequence
-    segments (None: :func:`_best_segments`' choice for the GPU)."""
+    up to d_state 64, else 8; the backward holds twice the tiles), the number of sequence
+    segments (None: :func:`_best_segments`' choice for the GPU) and whether the forward prefetches
+    the next chunk's rows into L1 (None: :func:`prefetch_default`)."""
 
     chunk: Optional[int] = None
     block_p: int = 64
     fwd_warps: Optional[int] = None
     bwd_warps: Optional[int] = None
     segments: Optional[int] = None
+    prefetch: Optional[bool] = None
 
     def chunk_for(self, length: int, need_grad: bool) -> int:
         """32 tokens, except 64 for inference on sequences up to 256 tokens.
@@ -104,11 +106,6 @@ def _plan(batch: int, length: int, heads: int, headdim: int, d_state: int, ndir:
     chunk = cfg.chunk_for(length, need_grad)
     block_n = max(16, _pow2(d_state))
     block_p = max(16, min(cfg.block_p, _pow2(headdim)))
-    if block_n >= 128:
-        # block_p 32 with d_state 128 hit an illegal address on the H200 (triton 3.6, 2026-11-28,
-        # benchmarks/results/ssd_2026-11-28_run1_log.txt); 64-channel blocks run there (a headdim
-        # below 64 then fills the block partly, masked).
-        block_p = max(block_p, 64)
     n_pb = cdiv(headdim, block_p)
     n_chunks = cdiv(length, chunk)
     if cfg.segments is not None:
@@ -118,6 +115,19 @@ def _plan(batch: int, length: int, heads: int, headdim: int, d_state: int, ndir:
     seg_chunks = cdiv(n_chunks, n_segs)
     n_segs = cdiv(n_chunks, seg_chunks)
     return _Plan(chunk, block_p, block_n, n_pb, n_chunks, n_segs, seg_chunks, cfg)
+
+
+def prefetch_default(bidirectional: bool) -> bool:
+    """Whether the forward prefetches the next chunk's rows into L1: for the bidirectional op only.
+
+    H200, bf16, 2026-11-29 (``benchmarks/results/ssd_2026-11-29_s12c.json``, configs "pf" /
+    "nopf", CUDA-graph forward ms with / without): bidirectional Vim-S 224 0.401 / 0.430 (vim2
+    layout 0.353 / 0.388), Vim-S 1024 0.609 / 0.671 (0.542 / 0.609); single direction Vim-S 224
+    0.141 / 0.145, Vim-S 1024 0.244 / 0.223, LM 8k 0.711 / 0.627, DNA 131k 1.036 / 0.900, packed
+    0.202 / 0.185 (its pointers cost registers, and at d_state 128 the lines compete with the
+    tiles for L1). The backward lost with an L2 prefetch (LM 8k 4.76 vs 4.35 ms fwd+bwd, ``_s12b``)
+    and has none."""
+    return bidirectional
 
 
 # The fused kernels use 241-255 registers per thread (offline sm_90 compiles, triton 3.6: forward
@@ -179,8 +189,9 @@ def _forward(x, dt, A, B, C, D, z, bias, h0, seq_idx, softplus, dt_limit, scale,
     nc, n_segs = plan.n_chunks, plan.n_segs
     out = x.new_empty((batch, length, heads, headdim))
     final = torch.empty((ndir, batch, heads, headdim, d_state), **f32)
-    ckpt = torch.empty((ndir, batch, heads, nc, headdim, d_state), **f32) if need_grad else final
-    ybuf = torch.empty((2, batch, length, heads, headdim), **f32) if bidir else final
+    # checkpoints in x's dtype: the backward's dots take them so (half the bytes of fp32 at bf16)
+    ckpt = x.new_empty((ndir, batch, heads, nc, headdim, d_state)) if need_grad else final
+    ybuf = torch.empty((batch, length, heads, headdim), **f32) if bidir else final
     flag = torch.zeros((batch * heads, plan.n_pb, nc), dtype=torch.int32, device=x.device) if bidir else final
     need_ypre = _stores_ypre(bidir, z, need_grad)
     ypre = torch.empty_like(out) if need_ypre else out
@@ -196,6 +207,7 @@ def _forward(x, dt, A, B, C, D, z, bias, h0, seq_idx, softplus, dt_limit, scale,
             batch, length, heads, headdim, d_state, heads // groups, nc, n_segs, plan.seg_chunks,
             _x_dir_stride(x), *_bc_strides(B), *_bc_strides(C), int(init is not None), int(store_ckpt),
             int(need_ypre), scale, dt_min, dt_max, STATE_PASS=state_pass, BIDIR=bidir,
+            PREFETCH=prefetch_default(bidir) if plan.cfg.prefetch is None else plan.cfg.prefetch,
             num_warps=plan.cfg.warps(plan.block_n, False), **flags,
         )
 
@@ -325,7 +337,7 @@ def ssd_forward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, softplus
     empty = lambda dtype=torch.float32: x.new_empty(0, dtype=dtype)  # noqa: E731
     return (
         out, final if bidirectional else final[0],
-        empty() if ckpt is None else ckpt, empty(x.dtype) if ypre is None else ypre,
+        empty(x.dtype) if ckpt is None else ckpt, empty(x.dtype) if ypre is None else ypre,
         empty() if segdecay is None else segdecay,
     )
 

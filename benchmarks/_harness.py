@@ -88,6 +88,27 @@ def bench_graph(fn):
     return do_bench_cudagraph(fn, rep=100, return_mode="median")
 
 
+def bidir_result(times, **limit_ms):
+    """A bidirectional row's record from ``(fused, two calls)`` x (eager forward, eager forward +
+    backward, CUDA-graph forward) ms, ordered (fused, two, fused_bwd, two_bwd, fused_graph,
+    two_graph); ``limit_ms`` (name=ms) adds the fused forward's fraction of each limit."""
+    fused, two, fused_bwd, two_bwd, fused_graph, two_graph = times
+    row = {"fused_fwd_ms": fused, "two_calls_fwd_ms": two, "fused_fwdbwd_ms": fused_bwd,
+           "two_calls_fwdbwd_ms": two_bwd, "fwd_ratio": two / fused, "fwdbwd_ratio": two_bwd / fused_bwd,
+           "fused_fwd_graph_ms": fused_graph, "two_calls_fwd_graph_ms": two_graph,
+           "fwd_graph_ratio": two_graph / fused_graph}
+    row.update({f"fused_fwd_frac_{name}": ms / fused for name, ms in limit_ms.items()})
+    return row
+
+
+def bidir_summary(row):
+    """One log line of :func:`bidir_result`'s record."""
+    return (f"fused fwd {row['fused_fwd_ms']:.3f} ms vs two calls {row['two_calls_fwd_ms']:.3f} ms "
+            f"({row['fwd_ratio']:.2f}x); fwd+bwd {row['fused_fwdbwd_ms']:.3f} vs {row['two_calls_fwdbwd_ms']:.3f} ms "
+            f"({row['fwdbwd_ratio']:.2f}x); graph fwd {row['fused_fwd_graph_ms']:.3f} vs "
+            f"{row['two_calls_fwd_graph_ms']:.3f} ms ({row['fwd_graph_ratio']:.2f}x)")
+
+
 def empty_cache():
     if not DRY:
         torch.cuda.empty_cache()

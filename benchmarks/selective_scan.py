@@ -40,8 +40,8 @@ import time
 import traceback
 
 # First: with --dry-run it sets TRITON_INTERPRET before Triton is imported.
-from _harness import (DRY, Run, bench, bench_graph, device, empty_cache, fmt_errors, grad_errors, leaves, parser, plot, rel,
-                      run_warmup, selected, sync, targets_met, upcast)
+from _harness import (DRY, Run, bench, bench_graph, bidir_result, bidir_summary, device, empty_cache, fmt_errors,
+                      grad_errors, leaves, parser, plot, rel, run_warmup, selected, sync, targets_met, upcast)
 
 import torch
 
@@ -329,16 +329,9 @@ def phase_time(shapes, configs, log):
         if "--no-bidir" in sys.argv:
             continue
         try:
-            fused, two, fused_bwd, two_bwd, fused_graph, two_graph = time_bidir(shape)
             exp_f, mem_f = floors(shape, 2, False)
-            row["bidir"] = {"fused_fwd_ms": fused, "two_calls_fwd_ms": two, "fused_fwdbwd_ms": fused_bwd,
-                            "two_calls_fwdbwd_ms": two_bwd, "fwd_ratio": two / fused, "fwdbwd_ratio": two_bwd / fused_bwd,
-                            "fused_fwd_graph_ms": fused_graph, "two_calls_fwd_graph_ms": two_graph,
-                            "fwd_graph_ratio": two_graph / fused_graph,
-                            "fused_fwd_frac_exp": exp_f / fused, "fused_fwd_frac_mem": mem_f / fused}
-            log(f"  {name:11s} bidir fused fwd {fused:.3f} ms vs two calls {two:.3f} ms ({two / fused:.2f}x); "
-                f"fwd+bwd {fused_bwd:.3f} vs {two_bwd:.3f} ms ({two_bwd / fused_bwd:.2f}x); graph fwd {fused_graph:.3f} vs "
-                f"{two_graph:.3f} ms ({two_graph / fused_graph:.2f}x)")
+            row["bidir"] = bidir_result(time_bidir(shape), exp=exp_f, mem=mem_f)
+            log(f"  {name:11s} bidir {bidir_summary(row['bidir'])}")
         except Exception as exc:
             log(f"  {name} bidir FAILED: {exc!r}")
             row["bidir"] = {"error": repr(exc)}

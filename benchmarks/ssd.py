@@ -32,8 +32,8 @@ import math
 import time
 
 # First: with --dry-run it sets TRITON_INTERPRET before Triton is imported.
-from _harness import (DRY, Run, bench, bench_graph, device, empty_cache, fmt_errors, grad_errors, leaves, parser, plot, rel,
-                      run_warmup, selected, sync, targets_met, upcast)
+from _harness import (DRY, Run, bench, bench_graph, bidir_result, bidir_summary, device, empty_cache, fmt_errors,
+                      grad_errors, leaves, parser, plot, rel, run_warmup, selected, sync, targets_met, upcast)
 
 import torch
 import torch.nn.functional as F
@@ -296,17 +296,11 @@ def phase_time(shapes, configs, log, on_row=lambda rows: None):
                 key = kind if cname == "auto" else f"{kind}_{cname}"
                 set_config(spec)
                 try:
-                    fused, two, fused_bwd, two_bwd, fused_graph, two_graph = time_bidir(shape, per_dir)
+                    times = time_bidir(shape, per_dir)
                     (mem_f, mm_f), _ = limits(shape, triton_op.SSDConfig().chunk_for(shape[1], False), ndir=2,
                                               z=not per_dir, per_dir=per_dir)
-                    row[key] = {"spec": spec, "fused_fwd_ms": fused, "two_calls_fwd_ms": two,
-                                "fused_fwdbwd_ms": fused_bwd, "two_calls_fwdbwd_ms": two_bwd, "fwd_ratio": two / fused,
-                                "fwdbwd_ratio": two_bwd / fused_bwd, "fused_fwd_graph_ms": fused_graph,
-                                "two_calls_fwd_graph_ms": two_graph, "fwd_graph_ratio": two_graph / fused_graph,
-                                "fused_fwd_frac_mem": mem_f / fused, "fused_fwd_frac_matmul": mm_f / fused}
-                    log(f"  {name:13s} {key} fused fwd {fused:.3f} ms vs two calls {two:.3f} ms ({two / fused:.2f}x); "
-                        f"fwd+bwd {fused_bwd:.3f} vs {two_bwd:.3f} ms ({two_bwd / fused_bwd:.2f}x); graph fwd "
-                        f"{fused_graph:.3f} vs {two_graph:.3f} ms ({two_graph / fused_graph:.2f}x)")
+                    row[key] = {"spec": spec, **bidir_result(times, mem=mem_f, matmul=mm_f)}
+                    log(f"  {name:13s} {key} {bidir_summary(row[key])}")
                 except Exception as exc:
                     log(f"  {name} {key} FAILED: {exc!r}")
                     row[key] = {"error": repr(exc)}

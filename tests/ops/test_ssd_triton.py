@@ -326,7 +326,7 @@ def test_prefetch_rule_picks_the_faster_measured_kernel():
 
 
 def test_headdim_below_the_block_at_large_d_state():
-    """The safe tiling's partly filled block (headdim 24 in a 64-channel block, d_state 128)."""
+    """A partly filled headdim block (headdim 24 in a 32-channel block) at d_state 128."""
     triton_op.CONFIG = triton_op.SSDConfig(chunk=16)
     args = inputs(1, 20, 2, 24, 1, 128, **VARIANTS["full"], seed=15)
     assert_close(run(ssd_kernels, args), run(ssd_reference, args, cast=torch.Tensor.double), FP32_TOL, GRAD_TOL)

@@ -137,7 +137,7 @@ def ssd_fwd_kernel(
                     tl.debug_barrier()
                     tl.atomic_add(flag, 4, sem="release")
                 else:
-                    seen = arrival * 0
+                    seen = arrival * 0  # an int32 zero: the loop carries a tensor
                     while seen < 4:  # acquiring: the tile's read comes after the flag's
                         seen = tl.atomic_add(flag, 0, sem="acquire")
                     other = tl.load(ybuf_ptr + offs, mask=qp_mask, other=0.0, cache_modifier=".cg")

@@ -65,7 +65,7 @@ ISSUE_TARGETS = {"fwd": {"vim_s_224": 2.0, "default": 1.3}, "fwdbwd": 1.5, "bidi
 # segments, prefetch). "c64" was the automatic tiling of the 2026-11-28 runs; "sK" fixes K sequence
 # segments; "p32" 32-channel headdim blocks; "bw16" 16-warp backward programs; "pf" / "nopf" the
 # forward with / without its L1 prefetch of the next chunk.
-CONFIGS = {"c64": (64, 64), "c32": (32, 64), "w4": (64, 64, 4, 4), "w8": (64, 64, 8, 8), "p32": (None, 32),
+CONFIGS = {"c64": (64, 64), "c32": (32, 64), "c16": (16, 64), "w4": (64, 64, 4, 4), "w8": (64, 64, 8, 8), "p32": (None, 32),
            "bw16": (None, 64, None, 16), "pf": (None, 64, None, None, None, True),
            "nopf": (None, 64, None, None, None, False),
            **{f"s{k}": (None, 64, None, None, k) for k in (1, 2, 4, 5, 6, 11, 16, 22, 33, 44, 66)}}

@@ -53,7 +53,8 @@ class SSDConfig:
         32 beats 64 on forward+backward at every row (LM 8k 6.6 vs 10.5 ms, DNA 131k 6.7 vs
         10.7 ms, Vim-S 224 1.40 vs 1.59 ms: the backward's [chunk, chunk] tiles spill at 64)
         and on the forward at Vim-S 1024 (0.215 vs 0.321 ms); 64 wins only the short forward
-        (Vim-S 224: 0.150 vs 0.182 ms).
+        (Vim-S 224: 0.150 vs 0.182 ms). 16 loses too (2026-11-29, ``ssd_2026-11-29_s12d.json``:
+        fwd+bwd LM 8k 5.01 vs 4.48 ms, DNA 131k 5.83 vs 5.01 ms, although its backward spills less).
         """
         if self.chunk is not None:
             return self.chunk

@@ -66,9 +66,10 @@ ISSUE_TARGETS = {"fwd": {"vim_s_224": 4.0, "default": 2.0}, "fwdbwd": {"vim_s_22
                  "bidir": 1.8}
 
 # Tilings tried by the time phase: (chunk, fwd_tile, fwd_warps, bwd_vec, bwd_warps[, segments,
-# fwd_maxnreg, bwd_kind, bwd_tile, bc_ahead, bwd_sum, z_ahead, bwd_ahead]) as in triton_op.ScanConfig, or a dict of fields
-# replaced in the automatic tiling of each length; "auto" is triton_op.default_config (per
-# length, backward kind from --bwd, with --auto's replacements).
+# fwd_maxnreg, bwd_kind, bwd_tile, bc_ahead, bwd_sum, z_ahead, bwd_ahead]) as in
+# triton_op.ScanConfig, or a dict of fields replaced in the automatic tiling of each length;
+# "auto" is triton_op.default_config (per length, backward kind from --bwd, with --auto's
+# replacements).
 CONFIGS = {
     "ahead": {"bc_ahead": True},
     "noahead": {"bc_ahead": False},

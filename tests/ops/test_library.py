@@ -33,7 +33,6 @@ from mambazoo_kernels.selective_scan.reference import (
     bidirectional_selective_scan_reference, selective_scan_reference,
 )
 
-
 ops = torch.ops.mambazoo
 SCAN_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 

@@ -330,3 +330,10 @@ def test_headdim_below_the_block_at_large_d_state():
     triton_op.CONFIG = triton_op.SSDConfig(chunk=16)
     args = inputs(1, 20, 2, 24, 1, 128, **VARIANTS["full"], seed=15)
     assert_close(run(ssd_kernels, args), run(ssd_reference, args, cast=torch.Tensor.double), FP32_TOL, GRAD_TOL)
+
+
+@pytest.mark.parametrize("fields,name", [({"chunk": 24}, "chunk"), ({"block_p": 8}, "block_p"),
+                                         ({"bwd_warps": 3}, "bwd_warps"), ({"segments": 0}, "segments")])
+def test_bad_tiling_is_named(fields, name):
+    with pytest.raises(ValueError, match=name):
+        triton_op.SSDConfig(**fields)

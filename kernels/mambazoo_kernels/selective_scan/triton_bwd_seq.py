@@ -169,9 +169,11 @@ def _sub_tile_loads(cl: bool, step: str, more: str, grad: bool, ahead: bool) -> 
     return loads + "u = u_in.to(tl.float32)\npre = pre_in.to(tl.float32)\n" + DT_FROM_PRE
 
 
-TILE_GRAD = """
-zoffs = z_row[:, None] + ZTIME
-ooffs = o_row[:, None] + OTIME
+def _tile_grad(cl: bool) -> str:
+    """dy (gated dout) and the mask-and-softplus-derivative factor of ddelta, as tiles."""
+    return f"""
+zoffs = z_row[:, None] + {_time("t", "sz_t", cl)}
+ooffs = o_row[:, None] + {_time("t", "so_t", cl)}
 go = go_in.to(tl.float32)
 if HAS_Z:
     zv = z_in.to(tl.float32)
@@ -184,11 +186,6 @@ if SOFTPLUS:
 else:
     dpre = tl.where(m2, 1.0, 0.0)
 """
-
-
-def _tile_grad(cl: bool) -> str:
-    """dy (gated dout) and the mask-and-softplus-derivative factor of ddelta, as tiles."""
-    return TILE_GRAD.replace("ZTIME", _time("t", "sz_t", cl)).replace("OTIME", _time("t", "so_t", cl))
 
 
 def _tile_end(cl: bool) -> str:

@@ -580,7 +580,8 @@ def _seq_fwd_source(name: str, d_state: int, tile: int, bidir: bool, channel_las
     src += SEQ_SIGNATURE.format(name=name) + SEQ_SETUP
     src += row_bases(channel_last, FORWARD_ROWS)
     src += per_state(SEQ_PER_STATE, d_state, 4) + "\n"
-    src += _seq_tile_load(channel_last, d_state, bc_ahead, z_ahead) + per_state(SEQ_CKPT_STORE, d_state, 16) + "\n" + SEQ_DT
+    src += _seq_tile_load(channel_last, d_state, bc_ahead, z_ahead) + per_state(SEQ_CKPT_STORE, d_state, 16)
+    src += "\n" + SEQ_DT
     split = column_split("dt", [f"dtm_{j}" for j in range(tile)], "_dt") + _processing_order("dt", tile, bidir)
     split += column_split("dtu", [f"dtum_{j}" for j in range(tile)], "_du") + _processing_order("dtu", tile, bidir)
     src += textwrap.indent(split, " " * 8)

@@ -178,9 +178,9 @@ def z_ahead_default(bidirectional: bool) -> bool:
 def bwd_ahead_default(length: int, channel_last_layout: bool) -> bool:
     """Whether the sequential backward loads each sub-tile's u/delta/dout/z one sub-tile ahead:
     except on time-contiguous inputs up to 2048 steps (as for the forward's B/C lookahead). Eager
-    forward+backward ms, H200, 2026-11-29, ahead / not
-    (results/selective_scan_2026-11-29_s11_tc.json and _s11_oldbwd_tc.json, one run each): time-contiguous Vim-S 224 2.382 / 1.960, 1024 px 2.995
-    / 3.076, byte LM 8k 7.466 / 7.733; channel-last (the mixers' layout; _s11_cl.json against
+    forward+backward ms, H200, 2026-11-29, ahead / not (results/selective_scan_2026-11-29_s11_tc.json
+    and _s11_oldbwd_tc.json, one run each): time-contiguous Vim-S 224 2.382 / 1.960, 1024 px
+    2.995 / 3.076, byte LM 8k 7.466 / 7.733; channel-last (the mixers' layout; _s11_cl.json against
     _final_cl.json, which also lacked the z lookahead and the transposed sums) 1.975 / 1.991,
     2.490 / 3.178, 6.596 / 9.068."""
     return channel_last_layout or length > 2048

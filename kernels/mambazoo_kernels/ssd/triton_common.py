@@ -68,19 +68,6 @@ def _mm(a, b, LOWP: tl.constexpr, dtype: tl.constexpr, acc=None):
 
 
 @triton.jit
-def prefetch_rows(row_ptrs, ROW_BYTES: tl.constexpr):
-    """Ask L1 for the cache lines of a tile's rows (``row_ptrs``: each row's first element, every
-    pointer valid), e.g. the next chunk's, so that its loads find them there; no registers are held
-    for them. Compiled kernels only: the interpreter runs no PTX, and there it is a no-op."""
-    if not _INTERPRETED:
-        lines: tl.constexpr = max(1, ROW_BYTES // 128)
-        step: tl.constexpr = 128 * 8 // row_ptrs.dtype.element_ty.primitive_bitwidth
-        ptrs = row_ptrs[:, None] + (tl.arange(0, lines) * step)[None, :]
-        tl.inline_asm_elementwise("prefetch.global.L1 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                                  is_pure=False, pack=1)
-
-
-@triton.jit
 def program_setup(A_ptr, bias_ptr, D_ptr, batch, H, P, N, heads_per_group, n_segs,
                   Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
     """What a program of either kernel owns and reads once (grid: (batch * heads, headdim blocks,

@@ -49,13 +49,26 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import _mm, _sigmoid, chunk_setup, prefetch_rows, program_setup
+from .triton_common import _INTERPRETED, _mm, _sigmoid, chunk_setup, program_setup
 
 # Sizes and flags that vary per call are plain (unspecialized) arguments, so one compiled kernel
 # serves every batch, length and head count; headdim, d_state and the x/B/C strides stay
 # specialized (divisibility by 16, unit stride) so that tile loads vectorize.
 RUNTIME_ARGS = ["batch", "L", "H", "heads_per_group", "n_chunks", "n_segs", "seg_chunks",
                 "has_init", "store_ckpt", "store_ypre"]
+
+
+@triton.jit
+def prefetch_rows(row_ptrs, ROW_BYTES: tl.constexpr):
+    """Ask L1 for the cache lines of a tile's rows (``row_ptrs``: each row's first element, every
+    pointer valid), e.g. the next chunk's, so that its loads find them there; no registers are held
+    for them. Compiled kernels only: the interpreter runs no PTX, and there it is a no-op."""
+    if not _INTERPRETED:
+        lines: tl.constexpr = max(1, ROW_BYTES // 128)
+        step: tl.constexpr = 128 * 8 // row_ptrs.dtype.element_ty.primitive_bitwidth
+        ptrs = row_ptrs[:, None] + (tl.arange(0, lines) * step)[None, :]
+        tl.inline_asm_elementwise("prefetch.global.L1 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                                  is_pure=False, pack=1)
 
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)

@@ -46,6 +46,18 @@ class SSDConfig:
     segments: Optional[int] = None
     prefetch: Optional[bool] = None
 
+    def __post_init__(self):
+        for name in ("chunk", "block_p"):
+            value = getattr(self, name)
+            if value is not None and (value < 16 or value & (value - 1)):
+                raise ValueError(f"{name} must be a power of two >= 16, got {value!r}")
+        for name in ("fwd_warps", "bwd_warps"):
+            value = getattr(self, name)
+            if value is not None and value not in (1, 2, 4, 8, 16, 32):
+                raise ValueError(f"{name} must be None or a power of two up to 32, got {value!r}")
+        if self.segments is not None and self.segments < 1:
+            raise ValueError(f"segments must be None or >= 1, got {self.segments!r}")
+
     def chunk_for(self, length: int, need_grad: bool) -> int:
         """32 tokens, except 64 for inference on sequences up to 256 tokens.
 
@@ -131,9 +143,9 @@ def prefetch_default(bidirectional: bool) -> bool:
     return bidirectional
 
 
-# The fused kernels use 241-255 registers per thread (offline sm_90 compiles, triton 3.6: forward
-# 241 at d_state 64 with 4 warps, 255 at 128 with 8; backward 255 with 8), so an SM holds 8 of
-# their warps: two 4-warp programs or one 8-warp one.
+# The fused kernels use over 200 registers per thread (offline sm_90 compiles, triton 3.6,
+# 2026-11-29: forward 217-243 with 4 warps at d_state 64 or 8 at 128; backward 255 with 8), so an
+# SM holds 8 of their warps: two 4-warp programs or one 8-warp one.
 WARPS_PER_SM = 8
 
 

@@ -88,15 +88,30 @@ def bench_graph(fn):
     return do_bench_cudagraph(fn, rep=100, return_mode="median")
 
 
+def bench_graph_step(fn):
+    """:func:`bench_graph` of a forward+backward step (the leaves' gradients accumulate over the
+    replays), or ``None`` when the step cannot be captured in a CUDA graph."""
+    try:
+        return bench_graph(fn)
+    except Exception as exc:  # a capture failure costs this one number, not the row
+        print(f"    (no CUDA-graph forward+backward: {exc!r:.200})")
+        return None
+
+
 def bidir_result(times, **limit_ms):
     """A bidirectional row's record from ``(fused, two calls)`` x (eager forward, eager forward +
     backward, CUDA-graph forward) ms, ordered (fused, two, fused_bwd, two_bwd, fused_graph,
-    two_graph); ``limit_ms`` (name=ms) adds the fused forward's fraction of each limit."""
-    fused, two, fused_bwd, two_bwd, fused_graph, two_graph = times
+    two_graph), optionally followed by the CUDA-graph forward + backward (fused, two; None where
+    not captured); ``limit_ms`` (name=ms) adds the fused forward's fraction of each limit."""
+    fused, two, fused_bwd, two_bwd, fused_graph, two_graph, *graph_steps = times
     row = {"fused_fwd_ms": fused, "two_calls_fwd_ms": two, "fused_fwdbwd_ms": fused_bwd,
            "two_calls_fwdbwd_ms": two_bwd, "fwd_ratio": two / fused, "fwdbwd_ratio": two_bwd / fused_bwd,
            "fused_fwd_graph_ms": fused_graph, "two_calls_fwd_graph_ms": two_graph,
            "fwd_graph_ratio": two_graph / fused_graph}
+    if graph_steps and None not in graph_steps:
+        fused_step, two_step = graph_steps
+        row.update(fused_fwdbwd_graph_ms=fused_step, two_calls_fwdbwd_graph_ms=two_step,
+                   fwdbwd_graph_ratio=two_step / fused_step)
     row.update({f"fused_fwd_frac_{name}": ms / fused for name, ms in limit_ms.items()})
     return row
 
@@ -106,7 +121,9 @@ def bidir_summary(row):
     return (f"fused fwd {row['fused_fwd_ms']:.3f} ms vs two calls {row['two_calls_fwd_ms']:.3f} ms "
             f"({row['fwd_ratio']:.2f}x); fwd+bwd {row['fused_fwdbwd_ms']:.3f} vs {row['two_calls_fwdbwd_ms']:.3f} ms "
             f"({row['fwdbwd_ratio']:.2f}x); graph fwd {row['fused_fwd_graph_ms']:.3f} vs "
-            f"{row['two_calls_fwd_graph_ms']:.3f} ms ({row['fwd_graph_ratio']:.2f}x)")
+            f"{row['two_calls_fwd_graph_ms']:.3f} ms ({row['fwd_graph_ratio']:.2f}x)"
+            + (f"; graph fwd+bwd {row['fused_fwdbwd_graph_ms']:.3f} vs {row['two_calls_fwdbwd_graph_ms']:.3f} ms "
+               f"({row['fwdbwd_graph_ratio']:.2f}x)" if "fwdbwd_graph_ratio" in row else ""))
 
 
 def empty_cache():

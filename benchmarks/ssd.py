@@ -32,8 +32,9 @@ import math
 import time
 
 # First: with --dry-run it sets TRITON_INTERPRET before Triton is imported.
-from _harness import (DRY, Run, bench, bench_graph, bidir_result, bidir_summary, device, empty_cache, fmt_errors,
-                      grad_errors, leaves, parser, plot, rel, run_warmup, selected, sync, targets_met, upcast)
+from _harness import (DRY, Run, bench, bench_graph, bench_graph_step, bidir_result, bidir_summary, device, empty_cache,
+                      fmt_errors, grad_errors, leaves, parser, plot, rel, run_warmup, selected, sync, targets_met,
+                      upcast)
 
 import torch
 import torch.nn.functional as F
@@ -243,7 +244,8 @@ def time_single(shape, n_seqs):
         fwd_graph = bench_graph(lambda: triton_ssd(**args))
     gargs = make_args(*shape, n_seqs=n_seqs, seed=3, grad=True)
     dout = torch.randn(shape[:4], device=device(), dtype=torch.bfloat16)
-    return fwd, fwd_graph, bench(lambda: triton_ssd(**gargs).backward(dout), grad_to_none=leaves(gargs))
+    step = lambda: triton_ssd(**gargs).backward(dout)  # noqa: E731
+    return fwd, fwd_graph, bench(step, grad_to_none=leaves(gargs)), bench_graph_step(step)
 
 
 def time_bidir(shape, per_dir=False):
@@ -257,10 +259,12 @@ def time_bidir(shape, per_dir=False):
         two_graph = bench_graph(lambda: two_single_calls(args))
     gargs = make_args(*shape, **layout, grad=True)
     dout = torch.randn(shape[:4], device=device(), dtype=torch.bfloat16)
-    fused_bwd = bench(lambda: triton_bidirectional_ssd(**gargs, average=True).backward(dout),
-                      grad_to_none=leaves(gargs))
-    two_bwd = bench(lambda: two_single_calls(gargs).backward(dout), grad_to_none=leaves(gargs))
-    return fused, two, fused_bwd, two_bwd, fused_graph, two_graph
+    fused_step = lambda: triton_bidirectional_ssd(**gargs, average=True).backward(dout)  # noqa: E731
+    two_step = lambda: two_single_calls(gargs).backward(dout)  # noqa: E731
+    fused_bwd = bench(fused_step, grad_to_none=leaves(gargs))
+    two_bwd = bench(two_step, grad_to_none=leaves(gargs))
+    return (fused, two, fused_bwd, two_bwd, fused_graph, two_graph, bench_graph_step(fused_step),
+            bench_graph_step(two_step))
 
 
 def phase_time(shapes, configs, log, on_row=lambda rows: None):
@@ -272,7 +276,7 @@ def phase_time(shapes, configs, log, on_row=lambda rows: None):
             set_config(spec)
             chunk = triton_op.SSDConfig(*(spec or ())).chunk_for(shape[1], need_grad=True)
             try:
-                fwd, fwd_graph, fwdbwd = time_single(shape, n_seqs)
+                fwd, fwd_graph, fwdbwd, fwdbwd_graph = time_single(shape, n_seqs)
             except Exception as exc:  # one failing tiling must not lose the others
                 log(f"  {name} {cname} FAILED: {exc!r}")
                 row["configs"][cname] = {"error": repr(exc)}
@@ -280,6 +284,8 @@ def phase_time(shapes, configs, log, on_row=lambda rows: None):
             (mem_f, mm_f), (mem_b, mm_b) = limits(shape, chunk)
             c = row["configs"][cname] = {
                 "spec": spec, "fwd_ms": fwd, "fwd_graph_ms": fwd_graph, "fwdbwd_ms": fwdbwd,
+                "fwdbwd_graph_ms": fwdbwd_graph,
+                "fwdbwd_graph_speedup": ref_fwdbwd / fwdbwd_graph if ref_fwdbwd and fwdbwd_graph else None,
                 "fwd_graph_speedup": ref_fwd / fwd_graph if ref_fwd else None,
                 "fwd_frac_mem": mem_f / fwd, "fwd_frac_matmul": mm_f / fwd,
                 "fwdbwd_frac_mem": mem_b / fwdbwd, "fwdbwd_frac_matmul": mm_b / fwdbwd,
@@ -289,7 +295,8 @@ def phase_time(shapes, configs, log, on_row=lambda rows: None):
             vs = lambda s: f"{s:.2f}x mamba_ssm, " if s else ""  # noqa: E731
             log(f"  {name:13s} {cname:6s} fwd {fwd:7.3f} ms ({vs(c['fwd_speedup'])}mem {c['fwd_frac_mem']:.0%}, "
                 f"mm {c['fwd_frac_matmul']:.0%}; graph {fwd_graph:.3f} ms)  fwd+bwd {fwdbwd:7.3f} ms ({vs(c['fwdbwd_speedup'])}"
-                f"mem {c['fwdbwd_frac_mem']:.0%}, mm {c['fwdbwd_frac_matmul']:.0%})")
+                f"mem {c['fwdbwd_frac_mem']:.0%}, mm {c['fwdbwd_frac_matmul']:.0%}"
+                + (f"; graph {fwdbwd_graph:.3f} ms" if fwdbwd_graph else "") + ")")
         for kind in ("bidir", "bidir_vim2") if name in BIDIR_ROWS else ():
             per_dir = kind == "bidir_vim2"
             for cname, spec in [("auto", None)] + [(c, CONFIGS[c]) for c in configs]:

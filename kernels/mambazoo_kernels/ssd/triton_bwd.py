@@ -29,7 +29,9 @@ result, which bf16 operands would swamp), and no carry crosses chunks.
 
 Deterministic: no float atomics. Gradients summed over programs (dB/dC over heads of a group and
 headdim blocks, dD over segments, dt over headdim blocks, a shared x over directions) are written as
-per-program fp32 partials and summed by ``triton_op``.
+per-program partials and summed by ``triton_op`` in fp32. The partials are fp32, except dB/dC's
+for bf16 B/C: bf16 like the gradients they sum to, which halves the largest stores of the backward
+(4 bytes x d_state per token and head, twice) at the cost of one bf16 rounding per partial.
 
 ``STATE_PASS`` (long sequences cut into segments): each segment's adjoint from a zero ``G``
 (only dy, C and the decays are needed), chained right to left by ``segment_combine_kernel``.
@@ -131,8 +133,8 @@ def ssd_bwd_kernel(
             ends_in = _sum(Ct.to(tl.float32) * dC_inter, 1)  # dy . y_inter: (i in the chunk, j before it)
             dC = _mm(dyu, Bt, LOWP, dtype, dC_inter)
             bc_offs = bc_base + tok64[:, None] * (H * n_pb * N) + offs_n[None, :]
-            tl.store(dB_ptr + bc_offs, dB, mask=qn_mask)
-            tl.store(dC_ptr + bc_offs, dC, mask=qn_mask)
+            tl.store(dB_ptr + bc_offs, dB.to(dB_ptr.dtype.element_ty), mask=qn_mask)
+            tl.store(dC_ptr + bc_offs, dC.to(dC_ptr.dtype.element_ty), mask=qn_mask)
             # dL/da[t]: every pair (i >= t, j < t) whose decay spans token t, split by where i and
             # j lie (in the chunk, after it incl. the final state, before it incl. the initial state).
             pairs = dyu_raw * W  # pair (i, j) of the chunk

@@ -249,8 +249,9 @@ def _backward(x, dt, A, B, C, D, z, bias, seq_idx, softplus, dt_limit, scale, ck
     nc, n_segs, n_pb = plan.n_chunks, plan.n_segs, plan.n_pb
     dx = torch.empty((2, batch, length, heads, headdim), **f32) if bidir else torch.empty_like(x)
     dz = torch.empty_like(z) if z is not None else None
-    dB = torch.empty((ndir, batch, length, heads, n_pb, d_state), **f32)
-    dC = torch.empty_like(dB)
+    # dB / dC per (head, headdim block), summed below: bf16 partials for bf16 B / C (triton_bwd's docstring)
+    dB, dC = (torch.empty((ndir, batch, length, heads, n_pb, d_state), device=x.device,
+                          dtype=torch.bfloat16 if t.dtype == torch.bfloat16 else torch.float32) for t in (B, C))
     da = torch.empty((ndir, n_pb, batch, length, heads), **f32)
     dux = torch.empty_like(da)
     dD = torch.empty((ndir, batch, heads, n_segs, headdim), **f32) if D is not None else None
@@ -287,7 +288,10 @@ def _backward(x, dt, A, B, C, D, z, bias, seq_idx, softplus, dt_limit, scale, ck
     dA = (da * dt_proc.detach()).sum((1, 2))
     # dt_bias's gradient is a sum over (batch, length) of ddt's, a view of it when both are 1: copy.
     ddt, dbias = grads[0], (grads[1].clone() if b_leaf is not None else None)
-    bc_grad = lambda part: part.view(ndir, batch, length, groups, -1, d_state).sum(4)  # noqa: E731
+
+    def bc_grad(t):  # per (head, headdim block) partials -> per group, summed in fp32
+        return t.view(ndir, batch, length, groups, -1, d_state).sum(4, dtype=torch.float32)
+
     return dx, ddt, dA, bc_grad(dB), bc_grad(dC), None if dD is None else dD.sum((1, 3)), dz, dbias, dinit
 
 

@@ -13,9 +13,10 @@ Phases (``--phases``, comma separated, default all):
   relative L2 error of the output, final states and every gradient, at the FACTS.md shapes; the
   packed varlen row; the bidirectional op against two reference runs, in both layouts (shared
   x/B/C with a gate z; and vim2's: x, B and C per direction, no gate).
-* ``time``: ``triton.testing.do_bench`` medians of forward and forward+backward per row, each as
-  a fraction of the memory and bf16-matmul limits (FACTS.md section 1 formulas) and against
-  mamba_ssm 2.3.2's ``mamba_chunk_scan_combined`` (chunk 256); the bidirectional op in one launch
+* ``time``: ``triton.testing.do_bench`` medians of forward and forward+backward per row (eager
+  calls, and replayed from a CUDA graph: the GPU time without the Python and launch work that
+  dominates the small rows' eager time), each as a fraction of the memory and bf16-matmul limits
+  (FACTS.md section 1 formulas) and against mamba_ssm 2.3.2's ``mamba_chunk_scan_combined`` (chunk 256); the bidirectional op in one launch
   vs two single-direction calls with flips, in both layouts ("bidir" and "bidir_vim2": what
   ``BidirectionalMamba2Mixer`` calls, one conv per direction, so x, B and C per direction).
 * ``profile``: torch.profiler's kernel table for one row's forward+backward (LM 8k).

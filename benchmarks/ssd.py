@@ -16,9 +16,10 @@ Phases (``--phases``, comma separated, default all):
 * ``time``: ``triton.testing.do_bench`` medians of forward and forward+backward per row (eager
   calls, and replayed from a CUDA graph: the GPU time without the Python and launch work that
   dominates the small rows' eager time), each as a fraction of the memory and bf16-matmul limits
-  (FACTS.md section 1 formulas) and against mamba_ssm 2.3.2's ``mamba_chunk_scan_combined`` (chunk 256); the bidirectional op in one launch
-  vs two single-direction calls with flips, in both layouts ("bidir" and "bidir_vim2": what
-  ``BidirectionalMamba2Mixer`` calls, one conv per direction, so x, B and C per direction).
+  (FACTS.md section 1 formulas) and against mamba_ssm 2.3.2's ``mamba_chunk_scan_combined`` (chunk
+  256); the bidirectional op in one launch vs two single-direction calls with flips, in both
+  layouts ("bidir" and "bidir_vim2": what ``BidirectionalMamba2Mixer`` calls, one conv per
+  direction, so x, B and C per direction).
 * ``profile``: torch.profiler's kernel table for one row's forward+backward (LM 8k).
 * ``big``: a forward over more than 2^31 elements of x, the last head of the last batch row
   checked against the reference, and separately its ~40 % of tokens whose offsets pass 2^31.

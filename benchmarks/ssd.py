@@ -20,7 +20,8 @@ Phases (``--phases``, comma separated, default all):
   256); the bidirectional op in one launch vs two single-direction calls with flips, in both
   layouts ("bidir" and "bidir_vim2": what ``BidirectionalMamba2Mixer`` calls, one conv per
   direction, so x, B and C per direction).
-* ``profile``: torch.profiler's kernel table for one row's forward+backward (LM 8k).
+* ``profile``: torch.profiler's kernel table of each row's forward+backward.
+* ``host``: cProfile of the first row's eager forward+backward steps (where the host time goes).
 * ``big``: a forward over more than 2^31 elements of x, the last head of the last batch row
   checked against the reference, and separately its ~40 % of tokens whose offsets pass 2^31.
 
@@ -319,9 +320,7 @@ def phase_time(shapes, configs, log, on_row=lambda rows: None):
     return rows
 
 
-def phase_profile(shapes, log, name="lm_8k"):
-    """Where the time of one forward+backward goes: the kernels, from torch.profiler."""
-    name = name if name in shapes else next(iter(shapes))
+def _train_step(name, shapes):
     shape, _, _, n_seqs = shapes[name]
     set_config(None)
     gargs = make_args(*shape, n_seqs=n_seqs, seed=3, grad=True)
@@ -329,14 +328,92 @@ def phase_profile(shapes, log, name="lm_8k"):
     step = lambda: triton_ssd(**gargs).backward(dout)  # noqa: E731
     step()
     sync()
-    activities = [torch.profiler.ProfilerActivity.CPU] + ([] if DRY else [torch.profiler.ProfilerActivity.CUDA])
-    with torch.profiler.profile(activities=activities) as prof:
-        for _ in range(3):
-            step()
+    return step
+
+
+def phase_profile(shapes, log):
+    """Where the GPU time of one forward+backward goes, per row: the kernels, from torch.profiler."""
+    tables = {}
+    for name in shapes:
+        step = _train_step(name, shapes)
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([] if DRY else [torch.profiler.ProfilerActivity.CUDA])
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(3):
+                step()
+            sync()
+        tables[name] = prof.key_averages().table(sort_by="cpu_time_total" if DRY else "cuda_time_total",
+                                                 row_limit=16)
+        log(f"  {name}, 3 x forward+backward:\n{tables[name]}")
+        empty_cache()
+    return tables
+
+
+def host_costs(log, shape=(1, 64, 2, 64, 64), calls=200):
+    """Host ms per call at a shape whose GPU work is negligible: one small torch op (the host's
+    speed), the Triton launchers alone (``triton_op.ssd_forward`` / ``ssd_backward``), the
+    backward op (``mambazoo::ssd_backward``) called directly, the public op's forward, and its
+    forward+backward through autograd; and cProfile's view of the backward launcher."""
+    args = make_args(*shape, seed=3)
+
+    def per_call(fn):
+        for _ in range(10 if DRY else 20):
+            fn()
         sync()
-    table = prof.key_averages().table(sort_by="cpu_time_total" if DRY else "cuda_time_total", row_limit=14)
-    log(f"  {name}, 3 x forward+backward:\n{table}")
-    return {"row": name, "table": table}
+        start = time.perf_counter()
+        n = 2 if DRY else calls
+        for _ in range(n):
+            fn()
+        sync()
+        return (time.perf_counter() - start) / n * 1e3
+
+    launcher = (args["x"], args["dt"], args["A"], args["B"], args["C"], args["D"], None, args["dt_bias"], None,
+                None, True, (0.0, float("inf")), 1.0, False, False)
+    costs = {}
+    with torch.no_grad():
+        costs["torch add_"] = per_call(lambda: args["x"].add_(0))
+        costs["launcher forward"] = per_call(lambda: triton_op.ssd_forward(*launcher))
+        out, final, *saved = triton_op.ssd_forward(*launcher[:-1], True)
+        grads_in = (torch.ones_like(out), torch.zeros_like(final), *launcher[:10], *saved)
+        costs["launcher backward"] = per_call(lambda: triton_op.ssd_backward(*grads_in, *launcher[10:13], False))
+        costs["backward op"] = per_call(lambda: torch.ops.mambazoo.ssd_backward(*grads_in, 256, True, [0.0, math.inf],
+                                                                                True))
+        costs["public forward"] = per_call(lambda: triton_ssd(**args))
+    gargs = make_args(*shape, seed=3, grad=True)
+    dout = torch.randn(shape[:4], device=device(), dtype=torch.bfloat16)
+    costs["public forward+backward"] = per_call(lambda: triton_ssd(**gargs).backward(dout))
+    log("  host ms per call, shape %s: %s" % (shape, ", ".join(f"{k} {v:.3f}" for k, v in costs.items())))
+    stats = profiled(lambda: triton_op.ssd_backward(*grads_in, *launcher[10:13], False), 2 if DRY else 50)
+    log(f"  the backward launcher under cProfile\n{stats}")
+    return costs, stats
+
+
+def profiled(fn, calls):
+    """cProfile's 25 most expensive functions (own time) over ``calls`` calls of ``fn``."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        fn()
+    sync()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
+    return text.getvalue()
+
+
+def phase_host(shapes, log, steps=30):
+    """Where the host time of an eager forward+backward goes: :func:`host_costs`, then cProfile of
+    the first row's steps (short rows' eager steps are host-bound: compare the eager and
+    CUDA-graph times of the time phase)."""
+    costs, launcher_stats = host_costs(log)
+    name = next(iter(shapes))
+    step = _train_step(name, shapes)
+    stats = profiled(step, 2 if DRY else steps)
+    log(f"  {name}: eager forward+backward steps under cProfile\n{stats}")
+    return {"costs_ms": costs, "backward_launcher_stats": launcher_stats, "row": name, "step_stats": stats}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -372,7 +449,7 @@ def phase_big(log):
 
 
 def main():
-    args = parser(__doc__, "warmup,check,time,big,profile", CONFIGS, SHAPES)
+    args = parser(__doc__, "warmup,check,time,big,profile,host", CONFIGS, SHAPES)
     args.add_argument("--tag", default="", help="appended to the result file names")
     opts = args.parse_args()
     shapes, configs = selected(opts, SHAPES, DRY_SHAPES)
@@ -398,6 +475,7 @@ def main():
         "check": lambda: phase_check(shapes, run.log),
         "time": time_phase,
         "profile": lambda: phase_profile(shapes, run.log),
+        "host": lambda: phase_host(shapes, run.log),
         "big": lambda: phase_big(run.log),
     })
     run.finish(13, ("bidir", "bidir_vim2"))

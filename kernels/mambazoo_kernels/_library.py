@@ -100,8 +100,15 @@ def _register_scan_autograd(forward_op, backward_op, n_grad_inputs: int, n_saved
         ctx.present = [t is not None for t in inputs[:n_grad_inputs]]
         ctx.save_for_backward(*inputs[:n_tensors], *output[2:])
         ctx.mark_non_differentiable(*output[2:])
+        # Autograd would otherwise hand the backward a zero gradient for every saved output too,
+        # allocated and filled per call (the SSD's checkpoints: 537 MB at LM 8k, ~0.16 ms of fill).
+        ctx.set_materialize_grads(False)
+        ctx.out_meta = [dict(size=o.shape, dtype=o.dtype, device=o.device) for o in output[:2]]
 
     def backward(ctx, dout, dfinal_state, *_):
+        # The output's and final state's gradients reach the backward op: zeros for an unused one.
+        dout, dfinal_state = (torch.zeros(**meta) if grad is None else grad
+                              for grad, meta in zip((dout, dfinal_state), ctx.out_meta))
         grads = backward_op(dout, dfinal_state, *ctx.saved_tensors, *ctx.flags)
         return (*(g if present else None for g, present in zip(grads, ctx.present)),
                 *(None,) * (n_saved_inputs + len(ctx.flags) + 1))

@@ -120,11 +120,32 @@ def test_matches_step_recurrence_float64(variant):
 
 
 @pytest.mark.parametrize("variant", ["full", "packed"])
-def test_segmented_long_sequence_path(small_tiles, variant):
-    # Three segments of two chunks, both passes and the combine, forward and backward.
-    small_tiles(segments=3)
+@pytest.mark.parametrize("segments,state_split", [(3, 1), (3, 2), (2, 2)])
+def test_segmented_long_sequence_path(small_tiles, variant, segments, state_split):
+    # Six chunks in three segments of two (or two of four, the last ragged: chunks 4-5), state
+    # passes on segments of one or two chunks, the combine, forward and backward.
+    small_tiles(segments=segments, state_split=state_split)
     args = inputs(1, 90, 2, 3, 1, 4, **VARIANTS[variant], seed=3)
     assert_close(run(ssd_kernels, args), run(ssd_reference, args, cast=torch.Tensor.double), FP32_TOL, GRAD_TOL)
+
+
+@pytest.mark.parametrize("reverse,init", [(False, False), (False, True), (True, True)])
+def test_segment_combine_matches_a_loop(reverse, init):
+    """70 segment-local states (two scan blocks of 64) chained, the carry kept every 3rd segment."""
+    gen = torch.Generator().manual_seed(16)
+    local = torch.randn(1, 2, 1, 70, 2, 3, generator=gen)
+    decay = torch.rand(1, 2, 1, 70, generator=gen) * 1.2
+    decay[0, 1, 0, 33] = 0.0  # a sequence boundary
+    h0 = torch.randn(1, 2, 1, 2, 3, generator=gen) if init else None
+    every, n_out = 3, 24
+    got = triton_op._combine(local, decay, h0, every, n_out, reverse)
+    order = range(69, -1, -1) if reverse else range(70)
+    carry, want = torch.zeros(1, 2, 1, 2, 3) if h0 is None else h0.clone(), torch.empty_like(got)
+    for s in order:
+        if (min(s // every * every + every - 1, 69) == s) if reverse else s % every == 0:
+            want[:, :, :, s // every] = carry
+        carry = decay[:, :, :, s, None, None] * carry + local[:, :, :, s]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_default_tiles():
@@ -333,7 +354,8 @@ def test_headdim_below_the_block_at_large_d_state():
 
 
 @pytest.mark.parametrize("fields,name", [({"chunk": 24}, "chunk"), ({"block_p": 8}, "block_p"),
-                                         ({"bwd_warps": 3}, "bwd_warps"), ({"segments": 0}, "segments")])
+                                         ({"bwd_warps": 3}, "bwd_warps"), ({"segments": 0}, "segments"),
+                                         ({"state_split": 0}, "state_split")])
 def test_bad_tiling_is_named(fields, name):
     with pytest.raises(ValueError, match=name):
         triton_op.SSDConfig(**fields)

@@ -153,13 +153,26 @@ def chunk_setup(dt_base, seq_base, k, L, H, A, bias, dt_min, dt_max, sgn, rev0, 
 
 
 @triton.jit
-def segment_combine_kernel(seg_ptr, decay_ptr, init_ptr, n_rows, n_segs, PN,
-                           BLOCK: tl.constexpr, HAS_INIT: tl.constexpr, REVERSE: tl.constexpr):
-    """Chain segment-local results, one row = (direction, batch, head) of ``PN`` state entries.
+def _chain(a1, b1, a2, b2):
+    """The maps ``c -> a1 c + b1`` then ``c -> a2 c + b2`` as one."""
+    return a1 * a2, a2 * b1 + b2
 
-    On entry ``seg[row, s]`` is what segment s produces from a zero carry (forward: its end
-    state; backward: the adjoint it passes on), on exit the carry entering segment s. The carry
-    through segment s is multiplied by ``decay[row, s]`` (0 across a sequence boundary).
+
+@triton.jit
+def segment_combine_kernel(local_ptr, decay_ptr, init_ptr, carry_ptr, n_segs, n_out, every, PN,
+                           BLOCK: tl.constexpr, SEGS: tl.constexpr, HAS_INIT: tl.constexpr,
+                           REVERSE: tl.constexpr):
+    """Chain segment-local results, one row = (direction, batch, head) of ``PN`` state entries;
+    grid (rows, PN blocks).
+
+    ``local[row, s]`` is what segment s produces from a zero carry (forward: its end state;
+    backward: the adjoint it passes on), ``decay[row, s]`` what the carry through it is multiplied
+    by (0 across a sequence boundary). The chain runs left to right (``REVERSE``: right to left)
+    from ``init`` (or zero); ``carry[row, o]`` gets the carry entering segment ``o * every``
+    (``REVERSE``: entering ``min(o * every + every - 1, n_segs - 1)`` from its right), i.e. what
+    the full pass's segment o starts from when its segments are ``every`` of these long. Blocks of
+    ``SEGS`` segments are chained at once by a scan of the (decay, local) maps, so the chain costs
+    one load latency per block instead of one per segment.
     """
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -168,12 +181,24 @@ def segment_combine_kernel(seg_ptr, decay_ptr, init_ptr, n_rows, n_segs, PN,
         carry = tl.load(init_ptr + row * PN + offs, mask=mask, other=0.0)
     else:
         carry = tl.full([BLOCK], 0.0, tl.float32)
-    for i in range(0, n_segs):
+    pos = tl.arange(0, SEGS)
+    for start in range(0, n_segs, SEGS):
+        j = start + pos  # chain order
+        # The map applied on the way into position j is segment j - 1's (identity at j = 0).
+        prev = j - 1
+        ok = (prev >= 0) & (prev < n_segs)
+        s_prev = (n_segs - 1 - prev) if REVERSE else prev
+        a = tl.load(decay_ptr + row * n_segs + s_prev, mask=ok, other=1.0)
+        b = tl.load(local_ptr + (row * n_segs + s_prev)[:, None] * PN + offs[None, :],
+                    mask=ok[:, None] & mask[None, :], other=0.0)
+        a_cum, b_cum = tl.associative_scan((tl.broadcast_to(a[:, None], (SEGS, BLOCK)), b), 0, _chain)
+        entering = a_cum * carry[None, :] + b_cum
+        s = (n_segs - 1 - j) if REVERSE else j
         if REVERSE:
-            s = n_segs - 1 - i
+            chosen = ((s % every) == every - 1) | (s == n_segs - 1)
         else:
-            s = i
-        ptrs = seg_ptr + (row * n_segs + s) * PN + offs
-        local = tl.load(ptrs, mask=mask, other=0.0)
-        tl.store(ptrs, carry, mask=mask)
-        carry = tl.load(decay_ptr + row * n_segs + s) * carry + local
+            chosen = (s % every) == 0
+        chosen = chosen & (j < n_segs)
+        tl.store(carry_ptr + (row * n_out + s // every)[:, None] * PN + offs[None, :], entering,
+                 mask=chosen[:, None] & mask[None, :])
+        carry = _sum(tl.where((pos == SEGS - 1)[:, None], entering, 0.0), 0)

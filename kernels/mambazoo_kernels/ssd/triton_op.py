@@ -36,8 +36,9 @@ class SSDConfig:
     """Tiling: ``chunk`` tokens per chunk (None: see :meth:`chunk_for`), ``block_p`` headdim
     channels per program (both powers of two >= 16), warps per program (None: 4 for the forward
     up to d_state 64, else 8; the backward holds twice the tiles), the number of sequence
-    segments (None: :func:`_best_segments`' choice for the GPU) and whether the forward prefetches
-    the next chunk's rows into L1 (None: :func:`prefetch_default`)."""
+    segments (None: :func:`_best_segments`' choice for the GPU), whether the forward prefetches
+    the next chunk's rows into L1 (None: :func:`prefetch_default`) and how many state-pass
+    segments make one segment (None: :func:`_state_split`'s choice)."""
 
     chunk: Optional[int] = None
     block_p: int = 64
@@ -45,6 +46,7 @@ class SSDConfig:
     bwd_warps: Optional[int] = None
     segments: Optional[int] = None
     prefetch: Optional[bool] = None
+    state_split: Optional[int] = None
 
     def __post_init__(self):
         for name in ("chunk", "block_p"):
@@ -55,8 +57,10 @@ class SSDConfig:
             value = getattr(self, name)
             if value is not None and value not in (1, 2, 4, 8, 16, 32):
                 raise ValueError(f"{name} must be None or a power of two up to 32, got {value!r}")
-        if self.segments is not None and self.segments < 1:
-            raise ValueError(f"segments must be None or >= 1, got {self.segments!r}")
+        for name in ("segments", "state_split"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be None or >= 1, got {value!r}")
 
     def chunk_for(self, length: int, need_grad: bool) -> int:
         """32 tokens, except 64 for inference on sequences up to 256 tokens.
@@ -110,7 +114,18 @@ class _Plan:
     n_chunks: int
     n_segs: int
     seg_chunks: int
+    state_split: int  # state-pass segments per full-pass segment
     cfg: SSDConfig
+
+    @property
+    def n_state_segs(self) -> int:
+        return cdiv(self.n_chunks, self.seg_chunks // self.state_split)
+
+    def segments(self, state_pass: bool):
+        """(segments, chunks per segment) of the state pass or of the full pass."""
+        if state_pass:
+            return self.n_state_segs, self.seg_chunks // self.state_split
+        return self.n_segs, self.seg_chunks
 
 
 def _plan(batch: int, length: int, heads: int, headdim: int, d_state: int, ndir: int, need_grad: bool,
@@ -126,8 +141,14 @@ def _plan(batch: int, length: int, heads: int, headdim: int, d_state: int, ndir:
     else:
         n_segs = _best_segments(batch * heads * n_pb * ndir, n_chunks, sm_count(device), cfg.warps(block_n, need_grad))
     seg_chunks = cdiv(n_chunks, n_segs)
+    split = 1
+    if n_segs > 1:
+        split = cfg.state_split if cfg.state_split is not None else _state_split(
+            batch * heads * n_pb * ndir * n_segs, sm_count(device))
+        split = max(1, min(split, seg_chunks))
+        seg_chunks = cdiv(seg_chunks, split) * split  # whole state-pass segments per segment
     n_segs = cdiv(n_chunks, seg_chunks)
-    return _Plan(chunk, block_p, block_n, n_pb, n_chunks, n_segs, seg_chunks, cfg)
+    return _Plan(chunk, block_p, block_n, n_pb, n_chunks, n_segs, seg_chunks, split if n_segs > 1 else 1, cfg)
 
 
 def prefetch_default(bidirectional: bool) -> bool:
@@ -164,13 +185,31 @@ def _best_segments(programs: int, n_chunks: int, sms: int, warps: int) -> int:
     return max(1, min(n_chunks // 2, slots // programs))
 
 
-def _combine(seg, decay, init, reverse):
-    ndir, batch, heads, n_segs, headdim, d_state = seg.shape
+# The state passes run 4-warp programs, as many segments as the SMs hold of the backward's
+# (offline sm_90 compiles at d_state 128, triton 3.6, 2026-11-29: the backward's state pass 124
+# registers at 4 warps, four per SM; the forward's 241, two per SM, so it runs two waves).
+STATE_PASS_WARPS = 4
+STATE_PROGRAMS_PER_SM = 4
+
+
+@functools.lru_cache(maxsize=4096)
+def _state_split(programs: int, sms: int) -> int:
+    """State-pass segments per full-pass segment: the state passes (one [headdim, chunk] x
+    [chunk, d_state] product per chunk) wait on each chunk's loads, so they run on shorter
+    segments, as many as the SMs hold at once (``programs``: the full pass's)."""
+    return max(1, sms * STATE_PROGRAMS_PER_SM // programs)
+
+
+def _combine(local, decay, init, every, n_out, reverse):
+    """The carry entering every full-pass segment (``segment_combine_kernel``)."""
+    ndir, batch, heads, n_segs, headdim, d_state = local.shape
     pn = headdim * d_state
-    block = min(1024, _pow2(pn))
+    carry = local.new_empty((ndir, batch, heads, n_out, headdim, d_state))
+    block, segs = min(64, _pow2(pn)), min(64, _pow2(n_segs))
     segment_combine_kernel[(ndir * batch * heads, cdiv(pn, block))](
-        seg, decay, seg if init is None else init, ndir * batch * heads, n_segs, pn,
-        BLOCK=block, HAS_INIT=init is not None, REVERSE=reverse)
+        local, decay, local if init is None else init, carry, n_segs, n_out, every, pn,
+        BLOCK=block, SEGS=segs, HAS_INIT=init is not None, REVERSE=reverse, num_warps=4)
+    return carry
 
 
 def _bc_strides(t: torch.Tensor):
@@ -208,26 +247,26 @@ def _forward(x, dt, A, B, C, D, z, bias, h0, seq_idx, softplus, dt_limit, scale,
     flag = torch.zeros((batch * heads, plan.n_pb, nc), dtype=torch.int32, device=x.device) if bidir else final
     need_ypre = _stores_ypre(bidir, z, need_grad)
     ypre = torch.empty_like(out) if need_ypre else out
-    seg = torch.empty((ndir, batch, heads, n_segs, headdim, d_state), **f32) if n_segs > 1 else final
-    segdecay = torch.empty((ndir, batch, heads, n_segs), **f32)
-    grid = (batch * heads, plan.n_pb, ndir * n_segs)
+    n_state = plan.n_state_segs
+    seg = torch.empty((ndir, batch, heads, n_state, headdim, d_state), **f32) if n_segs > 1 else final
+    segdecay = torch.empty((ndir, batch, heads, n_state), **f32)
 
     def launch(state_pass, init, store_ckpt):
-        ssd_fwd_kernel[grid](
+        segs, seg_chunks = plan.segments(state_pass)
+        ssd_fwd_kernel[(batch * heads, plan.n_pb, ndir * segs)](
             x, dt, A, B, C, x if D is None else D, x if z is None else z, A if bias is None else bias,
             x if seq_idx is None else seq_idx, final if init is None else init,
             out, final, ckpt, ybuf, flag, ypre, seg, segdecay,
-            batch, length, heads, headdim, d_state, heads // groups, nc, n_segs, plan.seg_chunks,
+            batch, length, heads, headdim, d_state, heads // groups, nc, segs, seg_chunks,
             _x_dir_stride(x), *_bc_strides(B), *_bc_strides(C), int(init is not None), int(store_ckpt),
             int(need_ypre), scale, dt_min, dt_max, STATE_PASS=state_pass, BIDIR=bidir,
             PREFETCH=prefetch_default(bidir) if plan.cfg.prefetch is None else plan.cfg.prefetch,
-            num_warps=plan.cfg.warps(plan.block_n, False), **flags,
+            num_warps=STATE_PASS_WARPS if state_pass else plan.cfg.warps(plan.block_n, False), **flags,
         )
 
     if n_segs > 1:
         launch(True, None, False)
-        _combine(seg, segdecay, h0, reverse=False)
-        launch(False, seg, need_grad)
+        launch(False, _combine(seg, segdecay, h0, plan.state_split, n_segs, reverse=False), need_grad)
     else:
         launch(False, h0, need_grad)
     if not need_grad:
@@ -256,24 +295,25 @@ def _backward(x, dt, A, B, C, D, z, bias, seq_idx, softplus, dt_limit, scale, ck
     dux = torch.empty_like(da)
     dD = torch.empty((ndir, batch, heads, n_segs, headdim), **f32) if D is not None else None
     dinit = torch.empty((ndir, batch, heads, headdim, d_state), **f32)
-    seg = torch.empty((ndir, batch, heads, n_segs, headdim, d_state), **f32) if n_segs > 1 else dinit
-    grid = (batch * heads, n_pb, ndir * n_segs)
+    n_state = plan.n_state_segs
+    seg = torch.empty((ndir, batch, heads, n_state, headdim, d_state), **f32) if n_segs > 1 else dinit
 
     def launch(state_pass, ginit):
-        ssd_bwd_kernel[grid](
+        segs, seg_chunks = plan.segments(state_pass)
+        ssd_bwd_kernel[(batch * heads, n_pb, ndir * segs)](
             x, dt, A, B, C, x if D is None else D, x if z is None else z, A if bias is None else bias,
             x if seq_idx is None else seq_idx, ckpt, dout, dout if ypre is None else ypre,
             dinit if ginit is None else ginit,
             dx, dx if dz is None else dz, dB, dC, da, dux, da if dD is None else dD, dinit, seg,
-            batch, length, heads, headdim, d_state, heads // groups, nc, n_segs, plan.seg_chunks,
+            batch, length, heads, headdim, d_state, heads // groups, nc, segs, seg_chunks,
             _x_dir_stride(x), *_bc_strides(B), *_bc_strides(C), int(ginit is not None), scale, dt_min, dt_max,
-            STATE_PASS=state_pass, BIDIR=bidir, num_warps=plan.cfg.warps(plan.block_n, True), **flags,
+            STATE_PASS=state_pass, BIDIR=bidir,
+            num_warps=STATE_PASS_WARPS if state_pass else plan.cfg.warps(plan.block_n, True), **flags,
         )
 
     if n_segs > 1:
         launch(True, None)
-        _combine(seg, segdecay, dfinal, reverse=True)
-        launch(False, seg)
+        launch(False, _combine(seg, segdecay, dfinal, plan.state_split, n_segs, reverse=True))
     else:
         launch(False, dfinal)
 
@@ -341,7 +381,7 @@ def saved_shapes(x, dt, B, z, bidirectional: bool, save: bool):
     plan = _plan(batch, length, heads, headdim, d_state, ndir, True, x.device)
     ckpt = (ndir, batch, heads, plan.n_chunks, headdim, d_state)
     ypre = (batch, length, heads, headdim) if _stores_ypre(bidirectional, z, save) else (0,)
-    segdecay = (ndir, batch, heads, plan.n_segs) if plan.n_segs > 1 else (0,)
+    segdecay = (ndir, batch, heads, plan.n_state_segs) if plan.n_segs > 1 else (0,)
     return ckpt, ypre, segdecay
 
 

@@ -135,18 +135,22 @@ def scan_call(shape, backward, bidirectional, config, channel_last=False):
     return call
 
 
-def ssd_call(shape, backward, bidirectional, config):
+def ssd_call(shape, backward, bidirectional, config, gated=False):
+    """One SSD call; bidirectional: x, B, C per direction (vim2's layout), or with ``gated`` shared
+    by the directions and a gate z (the benchmark's "bidir" rows)."""
     from mambazoo_kernels.ssd import triton_op
 
     if config is not None:
         triton_op.CONFIG = triton_op.SSDConfig(*config)
     batch, length, heads, headdim, d_state = shape
     lead = (2,) if bidirectional else ()
+    own = () if gated else lead
     bf16 = dict(dtype=torch.bfloat16)
-    x = torch.randn(*lead, batch, length, heads, headdim, **bf16)
+    x = torch.randn(*own, batch, length, heads, headdim, **bf16)
+    z = torch.randn(batch, length, heads, headdim, **bf16) if gated else None
     args = (x, torch.randn(*lead, batch, length, heads, **bf16), -torch.rand(*lead, heads),
-            torch.randn(*lead, batch, length, 1, d_state, **bf16), torch.randn(*lead, batch, length, 1, d_state, **bf16),
-            torch.ones(*lead, heads), None, torch.zeros(*lead, heads), None, None)
+            torch.randn(*own, batch, length, 1, d_state, **bf16), torch.randn(*own, batch, length, 1, d_state, **bf16),
+            torch.ones(*lead, heads), z, torch.zeros(*lead, heads), None, None)
 
     def call():
         out, final, ckpt, ypre, segdecay = triton_op.ssd_forward(*args, True, (0.0, float("inf")), 0.5,
@@ -166,6 +170,7 @@ def main():
     parser.add_argument("--bidirectional", action="store_true")
     parser.add_argument("--config", type=ast.literal_eval, default=None)
     parser.add_argument("--channel-last", action="store_true", help="scan: u/delta/z as channel-last views")
+    parser.add_argument("--gated", action="store_true", help="ssd: a gate z; bidirectional: x, B, C shared")
     parser.add_argument("--sass", metavar="DIR", default=None, help="also write each kernel's SASS listing to DIR")
     opts = parser.parse_args()
     shape = tuple(int(s) for s in opts.shape.split(","))
@@ -175,7 +180,7 @@ def main():
     if opts.op == "scan":
         call = scan_call(shape, opts.backward, opts.bidirectional, opts.config, opts.channel_last)
     else:
-        call = ssd_call(shape, opts.backward, opts.bidirectional, opts.config)
+        call = ssd_call(shape, opts.backward, opts.bidirectional, opts.config, opts.gated)
     launches = record_launches(call)
     print(f"triton {triton.__version__}, {len(launches)} launches")
     seen = set()

@@ -328,6 +328,9 @@ def test_segment_plan_fills_one_wave():
     dna = triton_op._plan(1, 131072, 8, 64, 128, 1, True, cpu)
     assert DEFAULT_SMS - 8 < 8 * dna.n_segs <= DEFAULT_SMS
     assert (dna.n_segs - 1) * dna.seg_chunks < dna.n_chunks <= dna.n_segs * dna.seg_chunks
+    # The state passes: as many 4-warp programs as the SMs hold, whole ones per segment.
+    assert lm.state_split == 1 and dna.state_split == triton_op.STATE_PROGRAMS_PER_SM
+    assert dna.seg_chunks % dna.state_split == 0 and dna.n_state_segs == dna.n_segs * dna.state_split
     packed = [triton_op._plan(1, 8 * 4097, 12, 64, 64, 1, grad, cpu).n_segs for grad in (False, True)]
     assert packed == [2 * DEFAULT_SMS // 12, DEFAULT_SMS // 12]
     assert triton_op._plan(1, 300, 1, 64, 64, 1, False, cpu).n_segs == 5  # 10 chunks: at most half of them

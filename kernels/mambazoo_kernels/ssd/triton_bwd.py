@@ -27,11 +27,19 @@ Vim-S 224 1.13 -> 0.97, 1024 1.73 -> 1.47; the backward's spill 408 -> 304 B at 
 the cancellation of the telescoped form ``dy . y - u . du`` (O(1) terms cancelling to a small
 result, which bf16 operands would swamp), and no carry crosses chunks.
 
+The dt gradient is finished here: ``d dt = (du . x + A da) * dt_grad`` (``chunk_setup``'s softplus /
+limit derivative); dA (the sum of ``da dt``) and d dt_bias (of ``d dt``) are summed per chunk. So
+the launcher runs no autograd of its own: on the host, each torch op of that chain rule cost more
+than a small call's GPU work.
+
 Deterministic: no float atomics. Gradients summed over programs (dB/dC over heads of a group and
-headdim blocks, dD over segments, dt over headdim blocks, a shared x over directions) are written as
-per-program partials and summed by ``triton_op`` in fp32. The partials are fp32, except dB/dC's
-for bf16 B/C: bf16 like the gradients they sum to, which halves the largest stores of the backward
-(4 bytes x d_state per token and head, twice) at the cost of one bf16 rounding per partial.
+headdim blocks, dD over segments, dt over headdim blocks, dA and dt_bias over chunks, a shared x
+over directions) are written as per-program partials and summed by ``triton_op`` in fp32. The
+partials are fp32, except dB/dC's for bf16 B/C: bf16 like the gradients they sum to, which halves
+the largest stores of the backward (4 bytes x d_state per token and head, twice) at the cost of
+one bf16 rounding per partial. Storing dA / dt_bias per chunk instead of carrying two sums through
+the chunk loop keeps the spill at 288 B (carried: 344; before the dt chain rule moved here: 248;
+offline sm_90 compile, LM 8k shape, triton 3.6).
 
 ``STATE_PASS`` (long sequences cut into segments): each segment's adjoint from a zero ``G``
 (only dy, C and the decays are needed), chained right to left by ``segment_combine_kernel``.
@@ -52,7 +60,7 @@ RUNTIME_ARGS = ["batch", "L", "H", "heads_per_group", "n_chunks", "n_segs", "seg
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
 def ssd_bwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, ckpt_ptr, dout_ptr, ypre_ptr,
-    ginit_ptr, dx_ptr, dz_ptr, dB_ptr, dC_ptr, da_ptr, dux_ptr, dD_ptr, dinit_ptr, seg_ptr,
+    ginit_ptr, dx_ptr, dz_ptr, dB_ptr, dC_ptr, ddt_ptr, dAb_ptr, dD_ptr, dinit_ptr, seg_ptr,
     batch, L, H, P, N, heads_per_group, n_chunks, n_segs, seg_chunks,
     sx_dir, sB_dir, sB_b, sB_t, sB_g, sB_n, sC_dir, sC_b, sC_t, sC_g, sC_n,
     has_ginit, scale, dt_min, dt_max,
@@ -75,7 +83,7 @@ def ssd_bwd_kernel(
     tokP = H * P
     # (direction, batch, token 0, head, headdim block) of the dB / dC partials, token stride H * n_pb * N
     bc_base = ((dir64 * batch + b) * L * H + h) * n_pb * N + pid_p * N
-    # (direction, headdim block, batch, token 0, head) of the da / dux partials
+    # (direction, headdim block, batch, token 0, head) of the dt gradient partials
     tok_base = ((dir64 * n_pb + pid_p) * batch + b) * L * H + h
 
     if STATE_PASS:
@@ -88,7 +96,7 @@ def ssd_bwd_kernel(
     for j in range(0, i_end - i_start):
         i = i_end - 1 - j
         k = i + direction * (n_chunks - 1 - 2 * i)
-        tok64, valid, dt, cs, cs_last, same_seq, start_ok, end_ok, pass_ok = chunk_setup(
+        tok64, valid, dt, dt_grad, cs, cs_last, same_seq, start_ok, end_ok, pass_ok = chunk_setup(
             dt_base, seq_base, k, L, H, A, bias, dt_min, dt_max, sgn, rev0, offs_c,
             Q, HAS_BIAS, SOFTPLUS, HAS_LIMIT, HAS_SEQ)
         qp_mask = valid[:, None] & pmask[None, :]
@@ -145,8 +153,14 @@ def ssd_bwd_kernel(
             da += _cumsum(starts_in, 0) - starts_in
             across = _sum(_sum(G * S0, 1), 0) * tl.where(pass_ok, tl.exp(cs_last), 0.0)  # (after, before)
             da += across
-            tl.store(da_ptr + tok_base + tok64 * H, da, mask=valid)
-            tl.store(dux_ptr + tok_base + tok64 * H, _sum(du * xt, 1), mask=valid)
+            # dt reaches the loss through a = dt A and u = dt x, then back through softplus / limit.
+            ddt = (_sum(du * xt, 1) + A * da) * dt_grad
+            tl.store(ddt_ptr + tok_base + tok64 * H, ddt, mask=valid)
+            # per-chunk partials of dA and d dt_bias: planes of (direction, batch, head, headdim block, chunk)
+            dAb = dAb_ptr + (row * n_pb + pid_p) * n_chunks + k
+            tl.store(dAb, _sum(da * dt, 0))
+            tl.store(dAb + tl.num_programs(0) * n_pb * (tl.num_programs(2) // n_segs) * n_chunks,
+                     _sum(tl.where(valid, ddt, 0.0), 0))
             dx = du * dt[:, None]
             if HAS_D:
                 dx += dy * Dv[None, :]

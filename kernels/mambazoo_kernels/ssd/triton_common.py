@@ -113,8 +113,10 @@ def chunk_setup(dt_base, seq_base, k, L, H, A, bias, dt_min, dt_max, sgn, rev0, 
 
     ``dt_base`` points at (direction, batch, token 0, head) of dt (token stride ``H``),
     ``seq_base`` at (batch, token 0) of seq_idx. Returns
-    (tok64, valid, dt, cs, cs_last, same_seq, start_ok, end_ok, pass_ok):
-    ``cs[c]`` = sum of dt * A over rows 0..c (processing order); ``same_seq[i, j]`` whether rows i
+    (tok64, valid, dt, dt_grad, cs, cs_last, same_seq, start_ok, end_ok, pass_ok): ``dt_grad`` =
+    d dt / d (raw dt), as torch differentiates softplus (1 above its threshold 20) and clamp (0
+    where the limit clamps, the bounds themselves passed through); ``cs[c]`` = sum of dt * A over
+    rows 0..c (processing order); ``same_seq[i, j]`` whether rows i
     and j are in one sequence; ``start_ok[c]`` whether the state entering the chunk reaches row c;
     ``end_ok[c]`` whether row c reaches the chunk's end state; ``pass_ok`` whether the entering
     state reaches the end state (no sequence boundary inside the chunk).
@@ -123,11 +125,15 @@ def chunk_setup(dt_base, seq_base, k, L, H, A, bias, dt_min, dt_max, sgn, rev0, 
     valid = tok < L
     tok64 = tok.to(tl.int64)
     dt = tl.load(dt_base + tok64 * H, mask=valid, other=0.0).to(tl.float32)
+    dt_grad = tl.full([Q], 1.0, tl.float32)
     if HAS_BIAS:
         dt = dt + bias
     if SOFTPLUS:
+        e = tl.exp(tl.minimum(dt, 20.0))
+        dt_grad = tl.where(dt > 20.0, 1.0, e / (1.0 + e))
         dt = _softplus(dt)
     if HAS_LIMIT:
+        dt_grad = tl.where((dt >= dt_min) & (dt <= dt_max), dt_grad, 0.0)
         dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
     dt = tl.where(valid, dt, 0.0)
     cs = _cumsum(dt * A, 0)
@@ -149,7 +155,7 @@ def chunk_setup(dt_base, seq_base, k, L, H, A, bias, dt_min, dt_max, sgn, rev0, 
         start_ok = offs_c >= 0
         end_ok = offs_c >= 0
         pass_ok = k >= 0
-    return tok64, valid, dt, cs, cs_last, same_seq, start_ok, end_ok, pass_ok
+    return tok64, valid, dt, dt_grad, cs, cs_last, same_seq, start_ok, end_ok, pass_ok
 
 
 @triton.jit

@@ -31,7 +31,9 @@ Few (batch, head) pairs and long sequences would leave most SMs idle, so the seq
 into segments (grid axis 2 = direction x segment): a state pass (``STATE_PASS``: no C, no
 outputs) writes each segment's end state from a zero start and its total decay,
 ``segment_combine_kernel`` chains them, and the full pass runs every segment from its true
-starting state. This costs a second read of x, dt and B.
+starting state. This costs a second read of x, dt and B. The state pass runs on segments
+``state_split`` times shorter (``triton_op._state_split``): one small product per chunk leaves
+it waiting on each chunk's loads, so more, shorter programs finish it sooner.
 
 The bidirectional combine: the two directions meet once per (batch x head, headdim block,
 chunk), counted by an int32 flag. A program announces itself when it starts the chunk (a relaxed
@@ -108,7 +110,7 @@ def ssd_fwd_kernel(
     i_end = tl.minimum(i_start + seg_chunks, n_chunks)
     for i in range(i_start, i_end):
         k = i + direction * (n_chunks - 1 - 2 * i)  # the chunk's natural index
-        tok64, valid, dt, cs, cs_last, same_seq, start_ok, end_ok, pass_ok = chunk_setup(
+        tok64, valid, dt, _, cs, cs_last, same_seq, start_ok, end_ok, pass_ok = chunk_setup(
             dt_base, seq_base, k, L, H, A, bias, dt_min, dt_max, sgn, rev0, offs_c,
             Q, HAS_BIAS, SOFTPLUS, HAS_LIMIT, HAS_SEQ)
         if PREFETCH:  # the next chunk's rows into L1 while this one computes (clamped: always valid)

@@ -21,8 +21,7 @@ from typing import Optional
 import torch
 
 from .._backend import sm_count
-from .._library import _autograd_inside_kernel
-from .reference import DEFAULT_DT_LIMIT, process_dt
+from .reference import DEFAULT_DT_LIMIT
 from .triton_bwd import ssd_bwd_kernel
 from .triton_common import segment_combine_kernel
 from .triton_fwd import ssd_fwd_kernel
@@ -196,7 +195,12 @@ STATE_PROGRAMS_PER_SM = 4
 def _state_split(programs: int, sms: int) -> int:
     """State-pass segments per full-pass segment: the state passes (one [headdim, chunk] x
     [chunk, d_state] product per chunk) wait on each chunk's loads, so they run on shorter
-    segments, as many as the SMs hold at once (``programs``: the full pass's)."""
+    segments, as many as the SMs hold at once (``programs``: the full pass's).
+
+    H200, bf16, 2026-11-29, same run (``benchmarks/results/ssd_2026-11-29_s14a.json`` vs
+    ``_s14a_base.json``, 16 segments of 8-warp state passes before, 64 of 4 warps now): DNA 131k
+    forward 0.911 -> 0.813 ms, forward+backward 4.50 -> 4.34 (CUDA graph 4.62 -> 4.45); packed
+    8 x 4097 graph forward 0.186 -> 0.192, forward+backward 1.27 -> 1.23."""
     return max(1, sms * STATE_PROGRAMS_PER_SM // programs)
 
 
@@ -291,8 +295,8 @@ def _backward(x, dt, A, B, C, D, z, bias, seq_idx, softplus, dt_limit, scale, ck
     # dB / dC per (head, headdim block), summed below: bf16 partials for bf16 B / C (triton_bwd's docstring)
     dB, dC = (torch.empty((ndir, batch, length, heads, n_pb, d_state), device=x.device,
                           dtype=torch.bfloat16 if t.dtype == torch.bfloat16 else torch.float32) for t in (B, C))
-    da = torch.empty((ndir, n_pb, batch, length, heads), **f32)
-    dux = torch.empty_like(da)
+    ddt = torch.empty((ndir, n_pb, batch, length, heads), **f32)
+    dAb = torch.empty((2, ndir, batch, heads, n_pb, nc), **f32)  # dA, d dt_bias per chunk
     dD = torch.empty((ndir, batch, heads, n_segs, headdim), **f32) if D is not None else None
     dinit = torch.empty((ndir, batch, heads, headdim, d_state), **f32)
     n_state = plan.n_state_segs
@@ -304,7 +308,7 @@ def _backward(x, dt, A, B, C, D, z, bias, seq_idx, softplus, dt_limit, scale, ck
             x, dt, A, B, C, x if D is None else D, x if z is None else z, A if bias is None else bias,
             x if seq_idx is None else seq_idx, ckpt, dout, dout if ypre is None else ypre,
             dinit if ginit is None else ginit,
-            dx, dx if dz is None else dz, dB, dC, da, dux, da if dD is None else dD, dinit, seg,
+            dx, dx if dz is None else dz, dB, dC, ddt, dAb, ddt if dD is None else dD, dinit, seg,
             batch, length, heads, headdim, d_state, heads // groups, nc, segs, seg_chunks,
             _x_dir_stride(x), *_bc_strides(B), *_bc_strides(C), int(ginit is not None), scale, dt_min, dt_max,
             STATE_PASS=state_pass, BIDIR=bidir,
@@ -317,22 +321,14 @@ def _backward(x, dt, A, B, C, D, z, bias, seq_idx, softplus, dt_limit, scale, ck
     else:
         launch(False, dfinal)
 
-    da = da.sum(1)  # (ndir, batch, length, heads)
-    with _autograd_inside_kernel():  # the dt processing's chain rule, through autograd
-        raw = dt.detach().requires_grad_()
-        b_leaf = None if bias is None else bias.detach().requires_grad_()
-        dt_proc = process_dt(raw, None if b_leaf is None else b_leaf[:, None, None, :], softplus, dt_limit)
-        ddt_proc = dux.sum(1) + A[:, None, None, :] * da
-        leaves = [raw] + ([] if b_leaf is None else [b_leaf])
-        grads = torch.autograd.grad(dt_proc, leaves, ddt_proc)
-    dA = (da * dt_proc.detach()).sum((1, 2))
-    # dt_bias's gradient is a sum over (batch, length) of ddt's, a view of it when both are 1: copy.
-    ddt, dbias = grads[0], (grads[1].clone() if b_leaf is not None else None)
+    ddt = ddt[:, 0] if n_pb == 1 else ddt.sum(1)  # (ndir, batch, length, heads)
+    dA = dAb[0].sum((1, 3, 4))  # (ndir, heads)
 
     def bc_grad(t):  # per (head, headdim block) partials -> per group, summed in fp32
         return t.view(ndir, batch, length, groups, -1, d_state).sum(4, dtype=torch.float32)
 
-    return dx, ddt, dA, bc_grad(dB), bc_grad(dC), None if dD is None else dD.sum((1, 3)), dz, dbias, dinit
+    return (dx, ddt, dA, bc_grad(dB), bc_grad(dC), None if dD is None else dD.sum((1, 3)), dz,
+            None if bias is None else dAb[1].sum((1, 3, 4)), dinit)
 
 
 def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

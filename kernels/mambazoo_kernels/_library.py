@@ -60,10 +60,12 @@ def _reference_grads(fn: Callable, inputs: Sequence[Optional[Tensor]], grad_outp
 
     Returns one contiguous gradient per input (the fake implementations promise contiguous
     gradients): zeros for an input the outputs do not depend on, a (0,) placeholder for ``None``.
+    A (0,) placeholder among ``grad_outputs`` stands for zeros (an unused final state).
     """
     with _autograd_inside_kernel():
         leaves = [None if t is None else t.detach().requires_grad_() for t in inputs]
         outputs = fn(*leaves)
+        grad_outputs = [torch.zeros_like(o) if g.numel() == 0 < o.numel() else g for o, g in zip(outputs, grad_outputs)]
         present = [t for t in leaves if t is not None]
         grads = iter(torch.autograd.grad(outputs, present, grad_outputs, allow_unused=True))
     result = []
@@ -90,7 +92,8 @@ def _register_scan_autograd(forward_op, backward_op, n_grad_inputs: int, n_saved
     ``forward_op``'s inputs are ``n_grad_inputs`` differentiable tensors (``None`` allowed),
     ``n_saved_inputs`` tensors without gradient that the backward reads (the SSD's ``seq_idx``),
     then flags, the last being ``save_for_backward``; it returns ``(out, final_state, *saved)``.
-    ``backward_op`` takes ``(dout, dfinal_state, *tensor inputs, *saved, *flags but the last)``;
+    ``backward_op`` takes ``(dout, dfinal_state, *tensor inputs, *saved, *flags but the last)``,
+    ``dfinal_state`` a (0,) placeholder when the final state is not used (read as zeros);
     ``grads_fake(inputs)`` (default: contiguous gradients) gets those tensor inputs and flags.
     """
     n_tensors = n_grad_inputs + n_saved_inputs
@@ -104,12 +107,13 @@ def _register_scan_autograd(forward_op, backward_op, n_grad_inputs: int, n_saved
         # allocated and filled per call (the SSD's checkpoints: 537 MB at LM 8k; H200 2026-11-29,
         # ssd_2026-11-29_s14b.json vs _s14b_base.json: LM 8k forward+backward 3.96 -> 3.80 ms).
         ctx.set_materialize_grads(False)
-        ctx.out_meta = [dict(size=o.shape, dtype=o.dtype, device=o.device) for o in output[:2]]
+        ctx.out_meta = dict(size=output[0].shape, dtype=output[0].dtype, device=output[0].device)
 
     def backward(ctx, dout, dfinal_state, *_):
-        # The output's and final state's gradients reach the backward op: zeros for an unused one.
-        dout, dfinal_state = (torch.zeros(**meta) if grad is None else grad
-                              for grad, meta in zip((dout, dfinal_state), ctx.out_meta))
+        # An unused final state (the usual case) reaches the backward op as a (0,) placeholder,
+        # read as zeros without a fill; an unused output (rare) as zeros.
+        dout = torch.zeros(**ctx.out_meta) if dout is None else dout
+        dfinal_state = _placeholder(dout, torch.float32) if dfinal_state is None else dfinal_state
         grads = backward_op(dout, dfinal_state, *ctx.saved_tensors, *ctx.flags)
         return (*(g if present else None for g, present in zip(grads, ctx.present)),
                 *(None,) * (n_saved_inputs + len(ctx.flags) + 1))

@@ -561,10 +561,11 @@ def scan_backward(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, initi
     ku, kdelta, kA, kB, kC, kD, kz, kbias, _ = _kernel_args(*inputs, bidirectional)
     chunk, _, n_segs, seg_chunks = _plan(ku, kB, kC)
     saved = _Saved(ckpt, ypre if ypre.numel() else None, chunk, n_segs, seg_chunks, segdt if n_segs > 1 else None)
-    dh_final = dfinal_state if bidirectional else dfinal_state.unsqueeze(0)
+    # a (0,) placeholder: no final-state gradient (the kernels start from zero)
+    dh_final = None if dfinal_state.numel() == 0 else dfinal_state if bidirectional else dfinal_state.unsqueeze(0)
     dout = dout if channel_last(ku, kdelta, kz) else dout.contiguous()
     grads = _backward(ku, kdelta, kA, kB, kC, kD, kz, kbias, saved, dout,
-                      dh_final.to(torch.float32).contiguous(), softplus, scale)
+                      None if dh_final is None else dh_final.to(torch.float32).contiguous(), softplus, scale)
     return tuple(
         None if t is None else g.reshape(t.shape).to(t.dtype) for g, t in zip(grads, inputs)
     )

@@ -62,7 +62,7 @@ def ssd_bwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, ckpt_ptr, dout_ptr, ypre_ptr,
     ginit_ptr, dx_ptr, dz_ptr, dB_ptr, dC_ptr, ddt_ptr, dAb_ptr, dD_ptr, dinit_ptr, seg_ptr,
     batch, L, H, P, N, heads_per_group, n_chunks, n_segs, seg_chunks,
-    sx_dir, sB_dir, sB_b, sB_t, sB_g, sB_n, sC_dir, sC_b, sC_t, sC_g, sC_n,
+    sx_dir, sB_dir, sB_b, sB_t, sB_g, sB_n, sC_dir, sC_b, sC_t, sC_g, sC_n, sD_h, sD_p,
     has_ginit, scale, dt_min, dt_max,
     Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, LOWP: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -72,7 +72,7 @@ def ssd_bwd_kernel(
     pid_p = tl.program_id(1)
     n_pb = tl.num_programs(1)
     (direction, dir64, seg, b, h, g, row, offs_c, offs_p, offs_n, pmask, nmask, pn_mask, pn_offs, sgn, rev0,
-     A, bias, Dv) = program_setup(A_ptr, bias_ptr, D_ptr, batch, H, P, N, heads_per_group, n_segs,
+     A, bias, Dv) = program_setup(A_ptr, bias_ptr, D_ptr, sD_h, sD_p, batch, H, P, N, heads_per_group, n_segs,
                                   Q, BP, BN, HAS_BIAS, HAS_D)
     dtype = x_ptr.dtype.element_ty
     dt_base = dt_ptr + (dir64 * batch + b) * L * H + h

@@ -68,14 +68,15 @@ def _mm(a, b, LOWP: tl.constexpr, dtype: tl.constexpr, acc=None):
 
 
 @triton.jit
-def program_setup(A_ptr, bias_ptr, D_ptr, batch, H, P, N, heads_per_group, n_segs,
+def program_setup(A_ptr, bias_ptr, D_ptr, sD_h, sD_p, batch, H, P, N, heads_per_group, n_segs,
                   Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
     """What a program of either kernel owns and reads once (grid: (batch * heads, headdim blocks,
     2 directions * n_segs segments)). Returns
     (direction, dir64, seg, b, h, g, row, offs_c, offs_p, offs_n, pmask, nmask, pn_mask, pn_offs, sgn, rev0,
     A, bias, Dv): ``row`` indexes (direction, batch, head); ``pn_offs`` / ``pn_mask`` a (BP, BN) state
     tile; ``sgn`` / ``rev0`` the direction's row order (module docstring); ``A``, ``bias`` (0 without
-    HAS_BIAS) and ``Dv`` (BP values of D, 0 without HAS_D) the head's parameters.
+    HAS_BIAS) and ``Dv`` (BP values of D, 0 without HAS_D; D per head has ``sD_p = 0``) the head's
+    parameters.
     """
     pid_bh = tl.program_id(0).to(tl.int64)
     direction = tl.program_id(2) // n_segs
@@ -100,7 +101,7 @@ def program_setup(A_ptr, bias_ptr, D_ptr, batch, H, P, N, heads_per_group, n_seg
         bias = tl.load(bias_ptr + dir64 * H + h)
     Dv = 0.0
     if HAS_D:
-        Dv = tl.load(D_ptr + (dir64 * H + h) * P + offs_p, mask=pmask, other=0.0)
+        Dv = tl.load(D_ptr + (dir64 * H + h) * sD_h + offs_p * sD_p, mask=pmask, other=0.0)
     return (direction, dir64, seg, b, h, g, row, offs_c, offs_p, offs_n, pmask, nmask, pn_mask, pn_offs, sgn, rev0,
             A, bias, Dv)
 

@@ -6,7 +6,7 @@ Layouts (``triton_op`` prepares them; ``ndir`` is 1, or 2 for the bidirectional 
                       stride ``sx_dir``: 0 when both directions read one x)
     z, out, ypre      (batch, L, heads, headdim) contiguous, fp32/bf16/fp16
     dt                (ndir, batch, L, heads) contiguous, raw (bias/softplus/limit applied here)
-    A, dt_bias        (ndir, heads) fp32;  D (ndir, heads, headdim) fp32
+    A, dt_bias        (ndir, heads) fp32;  D (ndir, heads) or (ndir, heads, headdim) fp32
     B, C              (ndir, batch, L, groups, d_state), any strides (direction stride 0 = shared)
     seq_idx           (batch, L) int32/int64
     states            (ndir, batch, heads, headdim, d_state) fp32 (initial, final)
@@ -78,7 +78,7 @@ def ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, init_ptr,
     out_ptr, final_ptr, ckpt_ptr, ybuf_ptr, flag_ptr, ypre_ptr, seg_ptr, segdecay_ptr,
     batch, L, H, P, N, heads_per_group, n_chunks, n_segs, seg_chunks,
-    sx_dir, sB_dir, sB_b, sB_t, sB_g, sB_n, sC_dir, sC_b, sC_t, sC_g, sC_n,
+    sx_dir, sB_dir, sB_b, sB_t, sB_g, sB_n, sC_dir, sC_b, sC_t, sC_g, sC_n, sD_h, sD_p,
     has_init, store_ckpt, store_ypre, scale, dt_min, dt_max,
     Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, LOWP: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -88,7 +88,7 @@ def ssd_fwd_kernel(
     pid_bh = tl.program_id(0).to(tl.int64)
     pid_p = tl.program_id(1)
     (direction, dir64, seg, b, h, g, row, offs_c, offs_p, offs_n, pmask, nmask, pn_mask, pn_offs, sgn, rev0,
-     A, bias, Dv) = program_setup(A_ptr, bias_ptr, D_ptr, batch, H, P, N, heads_per_group, n_segs,
+     A, bias, Dv) = program_setup(A_ptr, bias_ptr, D_ptr, sD_h, sD_p, batch, H, P, N, heads_per_group, n_segs,
                                   Q, BP, BN, HAS_BIAS, HAS_D)
     dtype = x_ptr.dtype.element_ty
     dt_base = dt_ptr + (dir64 * batch + b) * L * H + h

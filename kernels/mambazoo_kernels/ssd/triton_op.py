@@ -262,7 +262,8 @@ def _forward(x, dt, A, B, C, D, z, bias, h0, seq_idx, softplus, dt_limit, scale,
             x if seq_idx is None else seq_idx, final if init is None else init,
             out, final, ckpt, ybuf, flag, ypre, seg, segdecay,
             batch, length, heads, headdim, d_state, heads // groups, nc, segs, seg_chunks,
-            _x_dir_stride(x), *_bc_strides(B), *_bc_strides(C), int(init is not None), int(store_ckpt),
+            _x_dir_stride(x), *_bc_strides(B), *_bc_strides(C), *_d_strides(D), int(init is not None),
+            int(store_ckpt),
             int(need_ypre), scale, dt_min, dt_max, STATE_PASS=state_pass, BIDIR=bidir,
             PREFETCH=prefetch_default(bidir) if plan.cfg.prefetch is None else plan.cfg.prefetch,
             num_warps=STATE_PASS_WARPS if state_pass else plan.cfg.warps(plan.block_n, False), **flags,
@@ -310,7 +311,8 @@ def _backward(x, dt, A, B, C, D, z, bias, seq_idx, softplus, dt_limit, scale, ck
             dinit if ginit is None else ginit,
             dx, dx if dz is None else dz, dB, dC, ddt, dAb, ddt if dD is None else dD, dinit, seg,
             batch, length, heads, headdim, d_state, heads // groups, nc, segs, seg_chunks,
-            _x_dir_stride(x), *_bc_strides(B), *_bc_strides(C), int(ginit is not None), scale, dt_min, dt_max,
+            _x_dir_stride(x), *_bc_strides(B), *_bc_strides(C), *_d_strides(D), int(ginit is not None), scale,
+            dt_min, dt_max,
             STATE_PASS=state_pass, BIDIR=bidir,
             num_warps=STATE_PASS_WARPS if state_pass else plan.cfg.warps(plan.block_n, True), **flags,
         )
@@ -340,6 +342,14 @@ def _x_dir_stride(x: torch.Tensor) -> int:
     return x.stride(0) if x.dim() == 5 else 0
 
 
+def _d_strides(D: Optional[torch.Tensor]):
+    """(head, channel) strides of the kernels' contiguous D: per head ``(ndir, heads)`` is read
+    with a channel stride of 0 (no per-channel copy)."""
+    if D is None:
+        return 0, 0
+    return (1, 0) if D.dim() == 2 else (D.shape[-1], 1)
+
+
 def _stores_ypre(bidirectional: bool, z, save: bool) -> bool:
     return save and bidirectional and z is not None
 
@@ -353,15 +363,12 @@ def _stores_ypre(bidirectional: bool, z, save: bool) -> bool:
 def _kernel_args(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, bidirectional: bool):
     """Public layouts -> the kernels': a leading ``ndir`` axis on every per-direction tensor (shared
     B/C as stride-0 views, any other strides kept), contiguous x (shared 4-D or per direction 5-D),
-    dt, z and seq_idx, fp32 contiguous A, D per channel, dt_bias and initial states."""
+    dt, z and seq_idx, fp32 contiguous A, D (per head or per channel), dt_bias and initial states."""
     ndir = 2 if bidirectional else 1
     lead = (lambda t: t) if bidirectional else (lambda t: None if t is None else t.unsqueeze(0))
     both = lambda t: t if t.dim() == 5 else t.unsqueeze(0).expand(ndir, *t.shape)  # noqa: E731
-    kD = _f32(lead(D))
-    if kD is not None and kD.dim() == 2:  # per head -> per channel
-        kD = kD.unsqueeze(-1).expand(*kD.shape, x.shape[-1]).contiguous()
     contiguous = lambda t: None if t is None else t.contiguous()  # noqa: E731
-    return (x.contiguous(), lead(dt).contiguous(), _f32(lead(A)), both(B), both(C), kD, contiguous(z),
+    return (x.contiguous(), lead(dt).contiguous(), _f32(lead(A)), both(B), both(C), _f32(lead(D)), contiguous(z),
             _f32(lead(dt_bias)), _f32(lead(initial_states)), contiguous(seq_idx))
 
 
@@ -404,10 +411,12 @@ def ssd_backward(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_states, se
         raise RuntimeError("the SSD forward ran without save_for_backward; no gradient possible")
     inputs = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     *kargs, _, kseq = _kernel_args(*inputs, seq_idx, bidirectional)  # no initial states
-    dfinal = dfinal if bidirectional else dfinal.unsqueeze(0)
+    if dfinal.numel() == 0:  # a (0,) placeholder: no final-state gradient (the adjoint starts at zero)
+        dfinal = None
+    else:
+        dfinal = (dfinal if bidirectional else dfinal.unsqueeze(0)).to(torch.float32).contiguous()
     grads = _backward(*kargs, kseq, softplus, tuple(dt_limit), scale, ckpt, ypre if ypre.numel() else None,
-                      segdecay if segdecay.numel() else None, dout.contiguous(),
-                      dfinal.to(torch.float32).contiguous())
+                      segdecay if segdecay.numel() else None, dout.contiguous(), dfinal)
     lead = 1 if bidirectional else 0  # dims of the direction axis in the public layout
     result = []
     for name, grad, t in zip(("x", "dt", "A", "B", "C", "D"), grads, inputs):

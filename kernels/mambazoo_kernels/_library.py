@@ -65,7 +65,8 @@ def _reference_grads(fn: Callable, inputs: Sequence[Optional[Tensor]], grad_outp
     with _autograd_inside_kernel():
         leaves = [None if t is None else t.detach().requires_grad_() for t in inputs]
         outputs = fn(*leaves)
-        grad_outputs = [torch.zeros_like(o) if g.numel() == 0 < o.numel() else g for o, g in zip(outputs, grad_outputs)]
+        grad_outputs = [torch.zeros_like(o) if g.numel() == 0 and o.numel() > 0 else g
+                        for o, g in zip(outputs, grad_outputs)]
         present = [t for t in leaves if t is not None]
         grads = iter(torch.autograd.grad(outputs, present, grad_outputs, allow_unused=True))
     result = []

@@ -169,8 +169,9 @@ def test_fake_conv_and_decode_shapes():
                                           ("grouped", True, "final_state")])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_op_autograd_matches_reference_autograd(bc, full, used, bidirectional):
-    """Also with only one of (out, final state) in the loss: the op's backward gets None for the
-    other (grads are not materialized) and must read it as zeros."""
+    """Also with only one of (out, final state) in the loss: autograd gives the op no gradient
+    for the other (not materialized), which must count as zeros (the final state's reaches the
+    backward op as a (0,) placeholder)."""
     prefix = (2,) if bidirectional else ()
     args = with_grad(scan_inputs(prefix=prefix, length=21, bc=bc, full=full, seed=5))
     leaves = [v for v in args.values() if isinstance(v, torch.Tensor)]

@@ -132,8 +132,9 @@ def test_fake_public_ops():
 @pytest.mark.parametrize("bidirectional,x_per_dir,bc_per_dir", [(False, False, False), (True, True, True),
                                                                 (True, False, False)])
 def test_op_autograd_matches_reference_autograd(full, used, bidirectional, x_per_dir, bc_per_dir):
-    """Also with only one of (out, final states) in the loss: the op's backward reads the other's
-    gradient (None, not materialized) as zeros."""
+    """Also with only one of (out, final states) in the loss: autograd gives the op no gradient
+    for the other (not materialized), which must count as zeros (the final states' reaches the
+    backward op as a (0,) placeholder)."""
     args = with_grad(ssd_inputs(bidirectional, x_per_dir, bc_per_dir, full=full, seed=5))
     leaves = [v for v in args.values() if isinstance(v, torch.Tensor) and v.requires_grad]
     extra = dict(average=True) if bidirectional else {}
